@@ -1,0 +1,127 @@
+"""Atomic, verified checkpoints of the full training state.
+
+Layout under ``<run_dir>/checkpoints``::
+
+    step_0000500/state.pt     G, D, G_ema, both optimizers, scaler, step, RNG, config, fixed latents
+    step_0000500/meta.json    step and the sha256 of state.pt (written last: no meta, no checkpoint)
+    latest -> step_0000500    symlink, swapped atomically
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a process killed
+while saving leaves the previous checkpoint untouched. Loading checks the sha256 and uses
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgan.errors import UserError
+
+STATE, META, LATEST = "state.pt", "meta.json", "latest"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``state`` as ``root/step_XXXXXXX`` atomically, point ``latest`` at it, keep the newest
+    ``keep`` checkpoints (and any named ``best``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE)
+    _fsync(tmp / STATE)
+    meta = {"step": step, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
+    (tmp / META).write_text(json.dumps(meta))
+    _fsync(tmp / META)
+    if final.exists():  # the same step saved again after a restart: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    link = root / f".{LATEST}.{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(final.name)
+    os.replace(link, root / LATEST)
+    for old in list_checkpoints(root)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Finished checkpoint folders under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and (p / META).exists()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint folder a user path means: a step folder, ``latest``, a run's ``checkpoints``
+    folder, a run directory, or a ``state.pt`` file."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_file() and p.name == STATE:
+        return p.parent
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    if (p / LATEST).exists():
+        p = p / LATEST
+    if not p.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass a run directory, its checkpoints/latest "
+                        "or a checkpoints/step_* folder")
+    if not (p / STATE).is_file():
+        raise UserError(f"{path} holds no checkpoint ({STATE} missing)")
+    return p.resolve()
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint; a truncated or corrupt file raises a UserError naming it."""
+    folder = resolve(path)
+    state_file = folder / STATE
+    meta_file = folder / META
+    if meta_file.exists():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            raise UserError(f"checkpoint {meta_file} is corrupt (unreadable JSON)") from None
+        if _sha256(state_file) != meta.get("sha256"):
+            raise UserError(f"checkpoint {state_file} is corrupt or truncated (sha256 mismatch)")
+    try:
+        return torch.load(state_file, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise UserError(f"checkpoint {state_file} is unreadable: {str(e).splitlines()[0][:200]}") from None
+
+
+def load_latest(root: str | Path, map_location: str | torch.device = "cpu"):
+    """Newest loadable checkpoint under ``root`` as ``(folder, state, skipped)``; ``skipped`` names the
+    newer ones that failed verification. ``(None, None, skipped)`` if none loads."""
+    skipped = []
+    for folder in list_checkpoints(root):
+        try:
+            return folder, load(folder, map_location), skipped
+        except UserError as e:
+            skipped.append(str(e))
+    return None, None, skipped

@@ -1,0 +1,147 @@
+"""What every launcher does before any worker or job starts: typed config, validation, pre-flight
+checks of data and checkpoints, the private run directory, and following a run's progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from distgan import checkpoint, data
+from distgan.config import Config, validate
+from distgan.errors import UserError
+
+log = logging.getLogger("distgan")
+PROGRESS_FILE = "metrics.jsonl"  # rank 0 appends one JSON line per log tick
+
+
+def to_config(cfg: DictConfig, run_dir: str) -> Config:
+    """The Hydra config as the plain dataclass workers receive, with an absolute run directory."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):  # composed without the schema (should not happen via launch/run.py)
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    return replace(obj, run_dir=str(Path(run_dir).resolve()))
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def preflight(cfg: Config, cuda_devices: int) -> Config:
+    """Every check that can fail on user input, in the driver, before anything starts or is written."""
+    validate(cfg, cuda_devices=cuda_devices)
+    cfg = replace(cfg, dataset=data.locate(cfg.dataset))
+    run_dir = Path(cfg.run_dir)
+    if not _writable(run_dir):
+        raise UserError(f"run directory {run_dir} is not writable; set hydra.run.dir to a folder you can write")
+    has_checkpoints = bool(checkpoint.list_checkpoints(run_dir / "checkpoints"))
+    if cfg.resume == "never" and has_checkpoints:
+        raise UserError(f"{run_dir} already holds checkpoints and resume=never; use resume=auto to continue "
+                        "it or a new hydra.run.dir")
+    if cfg.resume not in ("auto", "never") and not has_checkpoints:
+        _check_resume_checkpoint(cfg)
+    return cfg
+
+
+def _writable(run_dir: Path) -> bool:
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK | os.X_OK)
+
+
+def _check_resume_checkpoint(cfg: Config) -> None:
+    """``resume=PATH``: the checkpoint must load and match this config's architecture."""
+    import torch
+
+    from distgan.models import build_models
+
+    state = checkpoint.load(cfg.resume)
+    G, D = build_models(cfg.model, tuple(state.get("data_shape", ())))
+    for name, module in (("G", G), ("D", D)):
+        want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state[name].items() if isinstance(v, torch.Tensor)}
+        if want != got:
+            raise UserError(f"checkpoint {cfg.resume} was trained with another architecture than "
+                            f"model={cfg.model.name} (width {cfg.model.width}); match its model settings")
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run directory private to the user and save the resolved config."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, stat.S_IRWXU)  # 0700: tokens and checkpoints are the user's alone
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return run_dir
+
+
+def discard_if_empty(run_dir: Path) -> None:
+    """Remove a run directory that Hydra created for a command that then failed validation, so bad
+    input leaves nothing half-written. A directory holding anything of a run is kept."""
+    if not run_dir.is_dir():
+        return
+    leftovers = [p.name for p in run_dir.iterdir() if p.name != ".hydra" and not p.name.endswith(".log")]
+    if not leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def read_progress(run_dir: Path, offset: int) -> tuple[list[dict], int]:
+    """New JSON lines of ``metrics.jsonl`` after byte ``offset``."""
+    path = Path(run_dir) / PROGRESS_FILE
+    if not path.exists():
+        return [], offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1
+    lines = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+    return lines, offset + end
+
+
+def follow(run_dir: Path, total: int, done: Callable[[], bool], status: Optional[Callable[[], str]] = None,
+           poll_s: float = 0.5) -> Optional[dict]:
+    """Show a progress bar (step, losses, img/s, ETA) from the run's metrics until ``done()``."""
+    from tqdm import tqdm
+
+    offset = Path(run_dir, PROGRESS_FILE).stat().st_size if Path(run_dir, PROGRESS_FILE).exists() else 0
+    last = None
+    with tqdm(total=total, unit="step", dynamic_ncols=True, desc="train") as bar:
+        while True:
+            finished = done()
+            rows, offset = read_progress(run_dir, offset)
+            for row in rows:
+                last = row
+                bar.n = row["step"]
+                bar.set_postfix({"D": f"{row['mean/loss/D']:.3f}", "G": f"{row['mean/loss/G']:.3f}",
+                                 "img/s": f"{row['img_per_sec']:.0f}"}, refresh=False)
+                bar.refresh()
+                log.info("step %d/%d loss/D %.4f loss/G %.4f img/s %.0f", row["step"], total,
+                         row["mean/loss/D"], row["mean/loss/G"], row["img_per_sec"])
+            if status is not None:
+                bar.set_description(status(), refresh=True)
+            if finished:
+                return last
+            time.sleep(poll_s)
+
+
+def summary(run_dir: Path, last: Optional[dict]) -> str:
+    ckpts = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    samples = sorted((run_dir / "samples").glob("step_*.png"))
+    lines = [f"run directory : {run_dir}"]
+    if last:
+        lines.append(f"final step    : {last['step']}  loss/D {last['mean/loss/D']:.4f}  "
+                     f"loss/G {last['mean/loss/G']:.4f}")
+    lines.append(f"checkpoint    : {ckpts[0] if ckpts else 'none'}")
+    lines.append(f"samples       : {samples[-1] if samples else 'none'}")
+    lines.append(f"tensorboard   : tensorboard --logdir {run_dir / 'tb'}")
+    return "\n".join(lines)

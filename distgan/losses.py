@@ -1,0 +1,82 @@
+"""GAN losses on D's raw logits. A loss computes; it never touches optimizers, process groups or logs.
+
+Each loss maps logits to a scalar that is the MEAN over the local batch, so that DDP's gradient average
+over equal-sized shards equals the gradient of the mean over the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distgan.config import LossConfig
+from distgan.errors import UserError
+
+
+class Loss:
+    """Non-saturating BCE (Goodfellow et al. 2014), with logits: softplus is log(1 + e^x), stable."""
+
+    needs_gradient_penalty = False
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return F.softplus(-fake).mean()
+
+
+class HingeLoss(Loss):
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018, SNGAN)."""
+
+    def d_loss(self, real, fake):
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+    def g_loss(self, fake):
+        return -fake.mean()
+
+
+class LSGANLoss(Loss):
+    """Least squares GAN (Mao et al. 2017), targets a=0 (fake), b=c=1 (real)."""
+
+    def d_loss(self, real, fake):
+        return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+
+    def g_loss(self, fake):
+        return 0.5 * ((fake - 1) ** 2).mean()
+
+
+class WGANGPLoss(Loss):
+    """Wasserstein loss with gradient penalty (Gulrajani et al. 2017); penalty in :mod:`distgan.step`."""
+
+    needs_gradient_penalty = True
+
+    def __init__(self, gp_weight: float):
+        self.gp_weight = gp_weight
+
+    def d_loss(self, real, fake):
+        return fake.mean() - real.mean()
+
+    def g_loss(self, fake):
+        return -fake.mean()
+
+
+def build_loss(cfg: LossConfig) -> Loss:
+    if cfg.name == "bce":
+        return Loss()
+    if cfg.name == "hinge":
+        return HingeLoss()
+    if cfg.name == "lsgan":
+        return LSGANLoss()
+    if cfg.name == "wgan_gp":
+        return WGANGPLoss(cfg.gp_weight)
+    raise UserError(f"unknown loss {cfg.name!r}; choose one of: bce, hinge, lsgan, wgan_gp")
+
+
+def gradient_penalty_sq(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared gradient norm ||dD(x)/dx||^2 with a graph for the double backward.
+
+    Taken with ``autograd.grad`` on the *inputs* only, so DDP's parameter hooks do not fire here; the
+    ordinary ``.backward()`` of the penalty that follows does the one gradient all-reduce.
+    """
+    (grad,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1)

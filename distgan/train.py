@@ -1,0 +1,224 @@
+"""The one training loop: ``train_worker(cfg, hooks)``, run by every DDP worker.
+
+It imports neither Ray nor submitit: Ray workers, plain gloo test processes and a single process all
+call it; whatever a backend needs (metric reporting, checkpoint hand-off) comes in through ``hooks``.
+Read top to bottom: build -> resume -> loop over steps (D phases, R1, G phase, EMA) -> log ticks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from distgan import checkpoint, dist
+from distgan.config import Config, to_dict
+from distgan.data import ShardedSampler, counter_generator, load, local_noise
+from distgan.errors import UserError
+from distgan.losses import build_loss
+from distgan.models import build_models
+from distgan.samples import render, save_png
+from distgan.step import GANStep, autocast
+
+STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]
+log = logging.getLogger("distgan")
+
+
+class Hooks:
+    """What a backend plugs into the loop. The defaults do nothing (plain processes, tests)."""
+
+    device: Optional[torch.device] = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
+        """Called on every rank at every log tick and checkpoint, the same number of times."""
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def ema_beta(cfg: Config, batch: int, images_seen: int) -> float:
+    """Per-step decay for a G_ema half-life of ``ema_kimg`` thousand images, ramped up over the first
+    images (StyleGAN2-ADA: the half-life is at most 5 % of the images seen so far)."""
+    half_life = cfg.train.ema_kimg * 1000
+    half_life = min(half_life, max(images_seen, batch) * 0.05) if images_seen < 20 * half_life else half_life
+    return 0.5 ** (batch / max(half_life, 1e-8))
+
+
+@torch.no_grad()
+def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p.detach(), 1 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def _architecture_check(module: torch.nn.Module, state: dict, what: str, source: str) -> None:
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    if mine != theirs:
+        raise UserError(f"checkpoint {source} holds a different {what} architecture than this config "
+                        "(check model=, model.width, model.latent_dim and dataset); use resume=never or "
+                        "a new run directory")
+
+
+def _find_resume_state(cfg: Config, device) -> tuple[Optional[dict], str]:
+    """Latest loadable checkpoint of this run, else ``resume=PATH``, else nothing."""
+    if cfg.resume == "never":
+        return None, ""
+    folder, state, skipped = checkpoint.load_latest(Path(cfg.run_dir) / "checkpoints", device)
+    for reason in skipped:
+        log.warning("skipping a checkpoint: %s", reason)
+    if state is not None:
+        return state, str(folder)
+    if cfg.resume not in ("auto", "never"):
+        return checkpoint.load(cfg.resume, device), cfg.resume
+    return None, ""
+
+
+def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
+    hooks = hooks or Hooks()
+    t = cfg.train
+    rank, world = dist.rank(), dist.world_size()
+    device = hooks.device or dist.default_device()
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    run_dir = Path(cfg.run_dir)
+    local_batch = t.batch_size // world
+
+    # ---- build: same seed on every rank, so the networks start identical (DDP also broadcasts)
+    data = load(cfg.dataset, seed=t.seed)
+    torch.manual_seed(t.seed)
+    G, D = build_models(cfg.model, data.shape)
+    G, D = G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_kimg > 0 else None
+    # Lazy R1 runs every r1_interval D steps: StyleGAN2's correction keeps Adam's effective rates.
+    c = t.r1_interval / (t.r1_interval + 1) if t.r1_gamma > 0 else 1.0
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d * c, betas=(t.beta1**c, t.beta2**c))
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    fixed_z = torch.randn(t.num_sample_images, cfg.model.latent_dim,
+                          generator=counter_generator(t.seed, 3, 0)).to(device)
+
+    # ---- resume
+    step = 0
+    state, source = _find_resume_state(cfg, device)
+    if state is not None:
+        _architecture_check(G, state["G"], "generator", source)
+        _architecture_check(D, state["D"], "discriminator", source)
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        opt_g.load_state_dict(state["opt_G"])
+        opt_d.load_state_dict(state["opt_D"])
+        scaler.load_state_dict(state["scaler"])
+        if G_ema is not None and state.get("G_ema") is not None:
+            G_ema.load_state_dict(state["G_ema"])
+        torch.set_rng_state(state["rng_cpu"])
+        step = int(state["step"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", source, step)
+
+    G_ddp, D_ddp = dist.wrap(G, device), dist.wrap(D, device)
+    gan = GANStep(G_ddp, D_ddp, opt_g, opt_d, build_loss(cfg.loss), t, scaler, device)
+    sampler = ShardedSampler(len(data), t.batch_size, rank, world, t.seed)
+    writer = None
+    if rank == 0:
+        from distgan.tb import TBWriter
+
+        writer = TBWriter(run_dir, world, purge_step=step + 1 if step else None)
+
+    def noise(stream: int, counter: int, dim: int = cfg.model.latent_dim, uniform: bool = False):
+        return local_noise(t.seed, stream, counter, t.batch_size, dim, rank, world, device, uniform)
+
+    def save_checkpoint() -> Path:
+        state = {
+            "G": G.state_dict(), "D": D.state_dict(),
+            "G_ema": G_ema.state_dict() if G_ema is not None else None,
+            "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "images_seen": step * t.batch_size, "rng_cpu": torch.get_rng_state(),
+            "config": to_dict(cfg), "data_shape": list(data.shape), "fixed_z": fixed_z.cpu(),
+        }
+        return checkpoint.save(run_dir / "checkpoints", step, state, keep=t.keep_checkpoints)
+
+    def write_samples() -> Path:
+        net = G_ema if G_ema is not None else G
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), autocast(t.precision, device):
+            picture = render(net(fixed_z), cfg.dataset.name)
+        net.train(was_training)
+        writer.image(step, picture)
+        path = run_dir / "samples" / f"step_{step:07d}.png"
+        save_png(picture, path)
+        return path
+
+    # ---- the loop
+    acc = torch.zeros(len(STAT_NAMES), device=device)
+    acc_steps, nonfinite = 0, torch.zeros((), device=device)
+    tick_time, tick_step = time.perf_counter(), step
+    metrics: dict[str, Any] = {}
+    while step < t.steps:
+        for k in range(t.n_critic):
+            counter = step * t.n_critic + k
+            real = data.batch(sampler.indices(counter), device)
+            alpha = noise(4, counter, 1, uniform=True) if gan.loss.needs_gradient_penalty else None
+            d = gan.d_main(real, noise(1, counter), alpha)
+            if t.r1_gamma > 0 and counter % t.r1_interval == 0:
+                gan.d_r1(real)
+        loss_g = gan.g_main(noise(2, step))
+        step += 1
+        if G_ema is not None:
+            ema_update(G_ema, G, ema_beta(cfg, t.batch_size, step * t.batch_size))
+        stats = torch.stack([d.loss_d, loss_g, d.d_real, d.d_fake])
+        nonfinite += (~torch.isfinite(stats)).any()
+        acc += stats
+        acc_steps += 1
+
+        last = step == t.steps
+        tick, ckpt = step % t.log_every == 0 or last, step % t.checkpoint_every == 0 or last
+        if not (tick or ckpt):
+            continue
+        # ---- log tick: reduce once, on every rank (collectives), write on rank 0
+        bad = dist.all_gather_rows(nonfinite.reshape(1).float()).flatten()
+        if bad.any():
+            bad_rank = int(bad.nonzero()[0])
+            last_good = checkpoint.list_checkpoints(run_dir / "checkpoints")
+            raise NonFiniteError(
+                f"non-finite loss at or before step {step} on rank {bad_rank}; last good checkpoint: "
+                f"{last_good[0] if last_good else 'none'}. Lower train.lr_d/lr_g or use train.precision=fp32")
+        per_rank = dist.all_gather_rows(acc / max(acc_steps, 1)).cpu()
+        now = time.perf_counter()
+        img_per_sec = (step - tick_step) * t.batch_size * t.n_critic / max(now - tick_time, 1e-9)
+        metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank,
+                   **{n: float(v) for n, v in zip(STAT_NAMES, per_rank[rank])},
+                   **{f"mean/{n}": float(v) for n, v in zip(STAT_NAMES, per_rank.mean(0))}}
+        if ckpt and world > 1:  # DESIGN.md §4.7: never save weights the ranks disagree on
+            diff = max(dist.max_param_difference(G), dist.max_param_difference(D))
+            if diff > 1e-6:
+                raise RuntimeError(f"ranks diverged: weights differ by up to {diff:g} at step {step}")
+        saved = None
+        if rank == 0:
+            writer.scalars(step, STAT_NAMES, per_rank, {"perf/img_per_sec": img_per_sec})
+            if step % t.sample_every == 0 or last:
+                metrics["sample"] = str(write_samples())
+            if ckpt:
+                saved = save_checkpoint()
+                metrics["checkpoint"] = str(saved)
+            writer.flush()
+            with open(run_dir / "metrics.jsonl", "a") as f:  # the launcher's progress bar follows this
+                f.write(json.dumps({k: v for k, v in metrics.items() if k != "rank"}) + "\n")
+            log.info("step %d/%d  loss/D %.4f  loss/G %.4f  %.0f img/s", step, t.steps,
+                     metrics["mean/loss/D"], metrics["mean/loss/G"], img_per_sec)
+        hooks.report(metrics, saved)
+        acc.zero_()
+        acc_steps = 0
+        tick_time, tick_step = time.perf_counter(), step
+
+    if writer is not None:
+        writer.close()
+    return metrics
