@@ -3,6 +3,7 @@ nothing here imports Ray."""
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -28,15 +29,20 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+# torch >= 2.14 renamed broadcast_buffers=False to forward_sync_buffers=False (same effect per forward)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+
+
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
-    """One DDP per network (DESIGN.md §4.1). ``broadcast_buffers=False``: DDP would otherwise overwrite
+    """One DDP per network (DESIGN.md §4.1). no forward buffer sync (``broadcast_buffers=False``): DDP would otherwise overwrite
     BatchNorm's running stats in place before every forward, which breaks calling D on real and on fake
     before one backward (pytorch #22095). Running stats stay per rank; checkpoints take rank 0's."""
     if world_size() == 1:
         return module
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                               bucket_cap_mb=25)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, bucket_cap_mb=25, **_NO_BUFFER_SYNC)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

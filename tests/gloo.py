@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import traceback
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -19,12 +21,14 @@ def _free_port() -> int:
 def _entry(rank, world, port, fn, args, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    import torch
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        queue.put((rank, fn(*args), None))
+        # torch.save to bytes: tensors sent through the queue as shared memory would vanish when
+        # this process exits before the parent reads them
+        buf = io.BytesIO()
+        torch.save(fn(*args), buf)
+        queue.put((rank, buf.getvalue(), None))
     except BaseException:  # noqa: BLE001 - reported to the parent test
         queue.put((rank, None, traceback.format_exc()))
     finally:
@@ -47,7 +51,7 @@ def run(fn, world: int, *args, timeout: float = 300):
             rank, value, error = queue.get(timeout=timeout)
             if error:
                 raise AssertionError(f"rank {rank} failed:\n{error}")
-            results[rank] = value
+            results[rank] = torch.load(io.BytesIO(value), weights_only=False)
     finally:
         for p in procs:
             p.join(timeout=30)
