@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from distgan.errors import UserError
 
-MODEL_NAMES = ("mlp", "dcgan")
+MODEL_NAMES = ("mlp", "dcgan", "resnet")
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "image_folder", "ring", "grid")
 LOSS_NAMES = ("bce", "hinge", "wgan_gp", "lsgan")
 CLUSTER_NAMES = ("local", "slurm")
@@ -56,7 +56,7 @@ class ModelConfig:
     norm_g: str = "batch"  # G normalisation: batch | none
     norm_d: str = "none"  # D normalisation: batch | none
     spectral_norm: bool = False  # spectral normalisation on every D layer
-    conditional: bool = False  # class-conditional G and projection D
+    conditional: bool = False  # class-conditional G (class embedding + z) and projection D; labelled data only
 
 
 @dataclass
@@ -81,11 +81,12 @@ class TrainConfig:
     batch_size: int = 64  # GLOBAL batch, split evenly over workers
     seed: int = 0
     n_critic: int = 1  # D steps per G step
-    lr_g: float = 2e-4
+    lr_g: float = 2e-4  # G and D learning rates: different values give two-time-scale updates (TTUR)
     lr_d: float = 2e-4
     beta1: float = 0.5  # Adam betas
     beta2: float = 0.999
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    compile: bool = False  # torch.compile G (and D unless a gradient penalty needs double backward); CUDA only
     ema_kimg: float = 0.0  # G_ema half-life in thousands of images; 0 = no EMA
     r1_gamma: float = 0.0  # R1 penalty weight on real data; 0 = off
     r1_interval: int = 16  # lazy R1: every this many D steps
@@ -151,6 +152,9 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
         raise UserError("dataset=image_folder needs dataset.root=/path/to/images (one subfolder per class)")
     if cfg.dataset.name in ("ring", "grid") and cfg.model.name != "mlp":
         raise UserError(f"dataset={cfg.dataset.name} is 2D points: use model=mlp")
+    if cfg.dataset.name in ("ring", "grid") and cfg.model.conditional:
+        raise UserError(f"model.conditional=true needs a labelled dataset; dataset={cfg.dataset.name} has no "
+                        "labels (use fashion_mnist, mnist, cifar10 or image_folder, or model.conditional=false)")
     if cfg.resume not in ("auto", "never") and not cfg.resume:
         raise UserError("resume must be auto, never or a checkpoint path")
 

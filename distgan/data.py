@@ -51,6 +51,9 @@ class Data:
             return x.contiguous()
         return x.to(device, non_blocking=True)
 
+    def batch_labels(self, idx: torch.Tensor, device: torch.device) -> Optional[torch.Tensor]:
+        return None if self.labels is None else self.labels[idx].to(device, non_blocking=True)
+
     def __len__(self) -> int:
         return self.x.shape[0]
 
@@ -209,3 +212,11 @@ def local_noise(seed: int, stream: int, counter: int, global_batch: int, dim: in
     z = draw(global_batch, dim, generator=counter_generator(seed, stream, counter))
     local = global_batch // world
     return z[rank * local:(rank + 1) * local].to(device, non_blocking=True)
+
+
+def local_labels(seed: int, stream: int, counter: int, global_batch: int, num_classes: int,
+                 rank: int, world: int, device: torch.device) -> torch.Tensor:
+    """This rank's slice of a global batch of uniform class labels for fakes (drawn like z)."""
+    y = torch.randint(num_classes, (global_batch,), generator=counter_generator(seed, stream, counter))
+    local = global_batch // world
+    return y[rank * local:(rank + 1) * local].to(device, non_blocking=True)

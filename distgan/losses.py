@@ -46,7 +46,8 @@ class LSGANLoss(Loss):
 
 
 class WGANGPLoss(Loss):
-    """Wasserstein loss with gradient penalty (Gulrajani et al. 2017); penalty in :mod:`distgan.step`."""
+    """Wasserstein loss with gradient penalty (Gulrajani et al. 2017). The penalty needs D's input
+    gradient on interpolates, so :class:`distgan.step.GANStep` computes it; ``gp_weight`` scales it."""
 
     needs_gradient_penalty = True
 
@@ -71,12 +72,3 @@ def build_loss(cfg: LossConfig) -> Loss:
         return WGANGPLoss(cfg.gp_weight)
     raise UserError(f"unknown loss {cfg.name!r}; choose one of: bce, hinge, lsgan, wgan_gp")
 
-
-def gradient_penalty_sq(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Per-sample squared gradient norm ||dD(x)/dx||^2 with a graph for the double backward.
-
-    Taken with ``autograd.grad`` on the *inputs* only, so DDP's parameter hooks do not fire here; the
-    ordinary ``.backward()`` of the penalty that follows does the one gradient all-reduce.
-    """
-    (grad,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
-    return grad.flatten(1).pow(2).sum(1)

@@ -47,3 +47,10 @@ def save_png(picture: torch.Tensor, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     vutils.save_image(picture, tmp)
     tmp.replace(path)
+
+
+def class_rows(num_classes: int, num_images: int) -> tuple[torch.Tensor, int]:
+    """Labels for a conditional grid with one class per row: (labels, images per row). At least one
+    image per class, so the grid can hold more than ``num_images`` when there are more classes."""
+    per_row = max(1, num_images // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per_row), per_row

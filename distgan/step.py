@@ -3,19 +3,29 @@
 Each phase trains one network through its DDP wrapper and calls the other network *unwrapped* with
 its parameters frozen, so a G step never all-reduces D's gradients and vice versa (DESIGN.md §4.3).
 Penalties use ``autograd.grad`` on the inputs, then one ordinary backward (DESIGN.md §4.4).
+Every random draw (z, fake labels, WGAN-GP's interpolation weights) is this rank's slice of a global
+batch derived from (seed, stream, counter), so W workers x B/W take the same step as 1 worker x B.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from distgan.config import TrainConfig
-from distgan.dist import unwrap
+from distgan import dist
+from distgan.config import Config, TrainConfig
+from distgan.data import local_labels, local_noise
 from distgan.losses import Loss
+
+log = logging.getLogger("distgan")
+# random streams of counter_generator (0 is the data permutation, 3 the fixed sample latents)
+STREAM_Z_D, STREAM_Z_G, STREAM_ALPHA, STREAM_Y_D, STREAM_Y_G = 1, 2, 4, 5, 6
+RealBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]  # counter -> (x, labels or None)
 
 
 @dataclass
@@ -34,69 +44,146 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def call(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``net(x)``, or ``net(x, y)`` for a conditional network."""
+    return net(x) if y is None else net(x, y)
+
+
 def input_gradient_sq(outputs: torch.Tensor, inputs: torch.Tensor, scaler) -> torch.Tensor:
     """Per-sample ||dD(x)/dx||² with a graph for the double backward, correct under fp16 loss scaling:
     the scaled outputs are differentiated (no underflow), then the gradient is unscaled."""
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-    (grad,) = torch.autograd.grad(outputs.float().sum() * scale, inputs, create_graph=True)
-    grad = grad.float() / scale
-    return grad.flatten(1).pow(2).sum(1)
+    (grad,) = torch.autograd.grad(_wide(outputs).sum() * scale, inputs, create_graph=True)
+    return (_wide(grad) / scale).flatten(1).pow(2).sum(1)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 for sums and squares; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def build_optimizers(G: nn.Module, D: nn.Module, t: TrainConfig):
+    """Adam for G and D (separate learning rates: TTUR). Lazy R1 runs every ``r1_interval`` D steps with
+    its loss multiplied by the interval; StyleGAN2's correction c = k/(k+1) of lr and betas keeps D's
+    effective optimizer the same as with a penalty at every step (Karras et al. 2020, appendix B)."""
+    c = t.r1_interval / (t.r1_interval + 1) if t.r1_gamma > 0 else 1.0
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d * c, betas=(t.beta1**c, t.beta2**c))
+    return opt_g, opt_d
+
+
+def accelerate(G: nn.Module, D: nn.Module, cfg: Config, device: torch.device, penalty: bool) -> bool:
+    """On CUDA: channels_last for conv models and, with ``train.compile``, torch.compile in place (state
+    dict keys unchanged). D is not compiled when a penalty needs double backward, which torch.compile
+    does not support. Returns whether inputs should be channels_last."""
+    if device.type != "cuda":
+        return False
+    channels_last = cfg.model.name in ("dcgan", "resnet")
+    if channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        G.compile()
+        if penalty:
+            log.info("train.compile: D left uncompiled (its gradient penalty needs double backward)")
+        else:
+            D.compile()
+    return channels_last
 
 
 class GANStep:
-    def __init__(self, G_ddp: nn.Module, D_ddp: nn.Module, opt_g, opt_d, loss: Loss,
-                 cfg: TrainConfig, scaler, device: torch.device):
+    def __init__(self, G_ddp: nn.Module, D_ddp: nn.Module, opt_g, opt_d, loss: Loss, cfg: TrainConfig,
+                 scaler, device: torch.device, latent_dim: int, num_classes: int = 0,
+                 channels_last: bool = False):
+        """``num_classes`` > 0 trains a conditional G and D on labelled data."""
         self.G_ddp, self.D_ddp = G_ddp, D_ddp
-        self.G, self.D = unwrap(G_ddp), unwrap(D_ddp)
+        self.G, self.D = dist.unwrap(G_ddp), dist.unwrap(D_ddp)
         self.opt_g, self.opt_d, self.loss, self.cfg = opt_g, opt_d, loss, cfg
         self.scaler, self.device = scaler, device
+        self.latent_dim, self.num_classes, self.channels_last = latent_dim, num_classes, channels_last
+        self.rank, self.world = dist.rank(), dist.world_size()
 
+    # ---- world-size-invariant draws: this rank's slice of the global batch
+    def noise(self, stream: int, counter: int, dim: int | None = None, uniform: bool = False) -> torch.Tensor:
+        return local_noise(self.cfg.seed, stream, counter, self.cfg.batch_size, dim or self.latent_dim,
+                           self.rank, self.world, self.device, uniform)
+
+    def fake_labels(self, stream: int, counter: int) -> torch.Tensor | None:
+        if not self.num_classes:
+            return None
+        return local_labels(self.cfg.seed, stream, counter, self.cfg.batch_size, self.num_classes,
+                            self.rank, self.world, self.device)
+
+    def train_step(self, step: int, real_batch: RealBatch) -> tuple[PhaseStats, torch.Tensor]:
+        """One generator step ``step``: n_critic D steps (each maybe followed by lazy R1), then G."""
+        t = self.cfg
+        for k in range(t.n_critic):
+            counter = step * t.n_critic + k  # D steps so far: indexes data, draws and the R1 schedule
+            real, y_real = real_batch(counter)
+            if self.channels_last:
+                real = real.contiguous(memory_format=torch.channels_last)
+            if self.num_classes and y_real is None:
+                raise ValueError("a conditional model needs labels for the real data")
+            y_real = y_real if self.num_classes else None
+            alpha = self.noise(STREAM_ALPHA, counter, 1, uniform=True) if self.loss.needs_gradient_penalty else None
+            d = self.d_main(real, y_real, self.noise(STREAM_Z_D, counter),
+                            self.fake_labels(STREAM_Y_D, counter), alpha)
+            if t.r1_gamma > 0 and counter % t.r1_interval == 0:
+                self.d_r1(real, y_real)
+        loss_g = self.g_main(self.noise(STREAM_Z_G, step), self.fake_labels(STREAM_Y_G, step))
+        return d, loss_g
+
+    # ---- phases
     def _optimize(self, opt, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
 
-    def d_main(self, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor | None = None) -> PhaseStats:
+    def d_main(self, real: torch.Tensor, y_real: torch.Tensor | None, z: torch.Tensor,
+               y_fake: torch.Tensor | None, alpha: torch.Tensor | None = None) -> PhaseStats:
         """``alpha``: WGAN-GP interpolation weights, one per sample (drawn per global sample index)."""
         with torch.no_grad(), autocast(self.cfg.precision, self.device):
-            fake = self.G(z)  # unwrapped G: no DDP hooks, no gradient
+            fake = call(self.G, z, y_fake)  # unwrapped G: no DDP hooks, no gradient
         self.D.requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            real_logits = self.D_ddp(real)
-            fake_logits = self.D_ddp(fake)
+            real_logits = call(self.D_ddp, real, y_real)
+            fake_logits = call(self.D_ddp, fake, y_fake)
             loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
         if self.loss.needs_gradient_penalty:
-            loss = loss + self.loss.gp_weight * self._gradient_penalty(real, fake, alpha)
+            loss = loss + self.loss.gp_weight * self._gradient_penalty(real, fake, alpha, y_real)
         self._optimize(self.opt_d, loss)
         return PhaseStats(loss.detach(), real_logits.detach().float().mean(),
                           fake_logits.detach().float().mean())
 
-    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """WGAN-GP: (||∇D(x̂)|| - 1)² on random interpolates x̂ (Gulrajani et al. 2017)."""
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
+                          y: torch.Tensor | None) -> torch.Tensor:
+        """WGAN-GP: (||∇D(x̂)|| - 1)² on random interpolates x̂ (Gulrajani et al. 2017); conditional
+        models score x̂ with the real labels."""
         alpha = alpha.view(real.shape[0], *([1] * (real.dim() - 1))).to(real.device)
-        x_hat = (alpha * real + (1 - alpha) * fake.to(real.dtype)).requires_grad_(True)
+        x_hat = (alpha * real + (1 - alpha) * fake.to(real.dtype)).detach().requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            out = self.D_ddp(x_hat)
+            out = call(self.D_ddp, x_hat, y)
         grad_sq = input_gradient_sq(out, x_hat, self.scaler)
+        # the epsilon keeps sqrt differentiable at a zero gradient
         return (grad_sq.add(1e-12).sqrt() - 1).pow(2).mean() + out.float().mean() * 0
 
-    def d_r1(self, real: torch.Tensor) -> torch.Tensor:
-        """Lazy R1 on real data (Mescheder et al. 2018), scaled by the interval (StyleGAN2)."""
+    def d_r1(self, real: torch.Tensor, y_real: torch.Tensor | None) -> torch.Tensor:
+        """Lazy R1 on real data (Mescheder et al. 2018): γ/2 E||∇D(x)||², times the interval (StyleGAN2)."""
         self.D.requires_grad_(True)
         real = real.detach().requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            logits = self.D_ddp(real)
+            logits = call(self.D_ddp, real, y_real)
         penalty = input_gradient_sq(logits, real, self.scaler).mean() * (self.cfg.r1_gamma / 2)
         # `logits * 0` puts every D parameter in the graph so each DDP bucket fires (pytorch #63812)
         self._optimize(self.opt_d, penalty * self.cfg.r1_interval + logits.float().mean() * 0)
         return penalty.detach()
 
-    def g_main(self, z: torch.Tensor) -> torch.Tensor:
+    def g_main(self, z: torch.Tensor, y_fake: torch.Tensor | None) -> torch.Tensor:
         self.D.requires_grad_(False)  # frozen: no D gradients computed, none all-reduced
         with autocast(self.cfg.precision, self.device):
-            fake = self.G_ddp(z)
-            loss = self.loss.g_loss(self.D(fake).float())  # unwrapped D: no DDP hooks
+            fake = call(self.G_ddp, z, y_fake)
+            loss = self.loss.g_loss(call(self.D, fake, y_fake).float())  # unwrapped D: no DDP hooks
         self._optimize(self.opt_g, loss)
         self.D.requires_grad_(True)
         return loss.detach()

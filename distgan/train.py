@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,12 +19,12 @@ import torch
 
 from distgan import checkpoint, dist
 from distgan.config import Config, to_dict
-from distgan.data import ShardedSampler, counter_generator, load, local_noise
+from distgan.data import ShardedSampler, counter_generator, load
 from distgan.errors import UserError
 from distgan.losses import build_loss
 from distgan.models import build_models
-from distgan.samples import render, save_png
-from distgan.step import GANStep, autocast
+from distgan.samples import class_rows, render, save_png
+from distgan.step import GANStep, accelerate, autocast, build_optimizers, call
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]
 log = logging.getLogger("distgan")
@@ -44,9 +45,9 @@ class NonFiniteError(RuntimeError):
 
 def ema_beta(cfg: Config, batch: int, images_seen: int) -> float:
     """Per-step decay for a G_ema half-life of ``ema_kimg`` thousand images, ramped up over the first
-    images (StyleGAN2-ADA: the half-life is at most 5 % of the images seen so far)."""
-    half_life = cfg.train.ema_kimg * 1000
-    half_life = min(half_life, max(images_seen, batch) * 0.05) if images_seen < 20 * half_life else half_life
+    images (StyleGAN2-ADA: the half-life is at most 5 % of the images seen so far). In images, not
+    steps, so the average does not change with the world size or the batch."""
+    half_life = min(cfg.train.ema_kimg * 1000, max(images_seen, batch) * 0.05)
     return 0.5 ** (batch / max(half_life, 1e-8))
 
 
@@ -89,21 +90,22 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(cfg.cluster.cpus_per_worker)
     run_dir = Path(cfg.run_dir)
-    local_batch = t.batch_size // world
 
     # ---- build: same seed on every rank, so the networks start identical (DDP also broadcasts)
     data = load(cfg.dataset, seed=t.seed)
     torch.manual_seed(t.seed)
-    G, D = build_models(cfg.model, data.shape)
+    num_classes = data.num_classes if cfg.model.conditional else 0
+    cfg = replace(cfg, dataset=replace(cfg.dataset, num_classes=data.num_classes))  # recorded in checkpoints
+    G, D = build_models(cfg.model, data.shape, num_classes)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_kimg > 0 else None
-    # Lazy R1 runs every r1_interval D steps: StyleGAN2's correction keeps Adam's effective rates.
-    c = t.r1_interval / (t.r1_interval + 1) if t.r1_gamma > 0 else 1.0
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d * c, betas=(t.beta1**c, t.beta2**c))
+    opt_g, opt_d = build_optimizers(G, D, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
-    fixed_z = torch.randn(t.num_sample_images, cfg.model.latent_dim,
+    # conditional grids show one class per row
+    fixed_y, sample_nrow = class_rows(num_classes, t.num_sample_images) if num_classes else (None, None)
+    fixed_z = torch.randn(t.num_sample_images if fixed_y is None else len(fixed_y), cfg.model.latent_dim,
                           generator=counter_generator(t.seed, 3, 0)).to(device)
+    fixed_y = fixed_y.to(device) if fixed_y is not None else None
 
     # ---- resume
     step = 0
@@ -123,8 +125,11 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         if rank == 0:
             log.info("resumed from %s at step %d", source, step)
 
+    loss = build_loss(cfg.loss)
+    channels_last = accelerate(G, D, cfg, device, penalty=loss.needs_gradient_penalty or t.r1_gamma > 0)
     G_ddp, D_ddp = dist.wrap(G, device), dist.wrap(D, device)
-    gan = GANStep(G_ddp, D_ddp, opt_g, opt_d, build_loss(cfg.loss), t, scaler, device)
+    gan = GANStep(G_ddp, D_ddp, opt_g, opt_d, loss, t, scaler, device, cfg.model.latent_dim, num_classes,
+                  channels_last)
     sampler = ShardedSampler(len(data), t.batch_size, rank, world, t.seed)
     writer = None
     if rank == 0:
@@ -132,8 +137,9 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
 
         writer = TBWriter(run_dir, world, purge_step=step + 1 if step else None)
 
-    def noise(stream: int, counter: int, dim: int = cfg.model.latent_dim, uniform: bool = False):
-        return local_noise(t.seed, stream, counter, t.batch_size, dim, rank, world, device, uniform)
+    def real_batch(counter: int):
+        idx = sampler.indices(counter)
+        return data.batch(idx, device), data.batch_labels(idx, device)
 
     def save_checkpoint() -> Path:
         state = {
@@ -142,6 +148,7 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
             "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "images_seen": step * t.batch_size, "rng_cpu": torch.get_rng_state(),
             "config": to_dict(cfg), "data_shape": list(data.shape), "fixed_z": fixed_z.cpu(),
+            "num_classes": num_classes, "fixed_y": fixed_y.cpu() if fixed_y is not None else None,
         }
         return checkpoint.save(run_dir / "checkpoints", step, state, keep=t.keep_checkpoints)
 
@@ -150,7 +157,7 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         was_training = net.training
         net.eval()
         with torch.no_grad(), autocast(t.precision, device):
-            picture = render(net(fixed_z), cfg.dataset.name)
+            picture = render(call(net, fixed_z, fixed_y), cfg.dataset.name, nrow=sample_nrow)
         net.train(was_training)
         writer.image(step, picture)
         path = run_dir / "samples" / f"step_{step:07d}.png"
@@ -163,14 +170,7 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
     tick_time, tick_step = time.perf_counter(), step
     metrics: dict[str, Any] = {}
     while step < t.steps:
-        for k in range(t.n_critic):
-            counter = step * t.n_critic + k
-            real = data.batch(sampler.indices(counter), device)
-            alpha = noise(4, counter, 1, uniform=True) if gan.loss.needs_gradient_penalty else None
-            d = gan.d_main(real, noise(1, counter), alpha)
-            if t.r1_gamma > 0 and counter % t.r1_interval == 0:
-                gan.d_r1(real)
-        loss_g = gan.g_main(noise(2, step))
+        d, loss_g = gan.train_step(step, real_batch)  # n_critic D steps (+ lazy R1), one G step
         step += 1
         if G_ema is not None:
             ema_update(G_ema, G, ema_beta(cfg, t.batch_size, step * t.batch_size))

@@ -60,8 +60,11 @@ class DCGANDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.fc = nn.Linear(ch * s0 * s0, 1)
 
+    def features(self, x):
+        return self.net(x).flatten(1)
+
     def forward(self, x):
-        return self.fc(self.net(x).flatten(1)).squeeze(1)
+        return self.fc(self.features(x)).squeeze(1)
 
 
 def build_dcgan(cfg: ModelConfig, shape: tuple[int, ...]):

@@ -49,6 +49,13 @@ class MLPDiscriminator(nn.Module):
         layers.append(nn.Linear(prev, 1))
         self.net = nn.Sequential(*layers)
 
+    @property
+    def fc(self) -> nn.Linear:
+        return self.net[-1]
+
+    def features(self, x):
+        return self.net[:-1](x.flatten(1))
+
     def forward(self, x):
         return self.net(x.flatten(1)).squeeze(1)
 
