@@ -266,3 +266,32 @@ def test_bf16_autocast_step_runs_on_cpu():
     assert torch.bfloat16 in seen  # autocast really ran in bf16
     assert all(torch.isfinite(v) for v in (stats.loss_d, stats.d_real, loss_g))
     assert any(not torch.equal(a, b) for a, b in zip(before, D.parameters()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_channels_last_compile_on_cuda(precision, tmp_path):
+    """On a GPU: autocast, GradScaler (fp16), channels_last and torch.compile through the real loop; R1
+    keeps D uncompiled (double backward). Skipped without CUDA."""
+    from distgan.data import Data
+    from distgan.step import accelerate
+
+    device = torch.device("cuda")
+    cfg = Config()
+    cfg.model = ModelConfig(name="resnet", width=8, latent_dim=16, conditional=True, spectral_norm=True)
+    cfg.train = TrainConfig(batch_size=8, precision=precision, compile=True, r1_gamma=1.0, r1_interval=2)
+    G, D = build_models(cfg.model, (1, 28, 28), num_classes=10)
+    G, D = G.to(device), D.to(device)
+    assert accelerate(G, D, cfg, device, penalty=True)
+    opt_g, opt_d = build_optimizers(G, D, cfg.train)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    gan = GANStep(G, D, opt_g, opt_d, build_loss(LossConfig(name="hinge")), cfg.train, scaler, device, 16, 10)
+    data = Data(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,)), 10)
+
+    def real_batch(counter):
+        idx = torch.arange(8) + 8 * counter
+        return data.batch(idx, device), data.batch_labels(idx, device)
+
+    for step in range(3):
+        stats, loss_g = gan.train_step(step, real_batch)
+        assert torch.isfinite(stats.loss_d) and torch.isfinite(loss_g)
