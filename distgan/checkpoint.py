@@ -50,7 +50,7 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_tmp(root)
     tmp.mkdir()
     torch.save(state, tmp / STATE)
     _fsync(tmp / STATE)
@@ -68,6 +68,12 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
     for old in list_checkpoints(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Half-written folders of saves that were killed (only one process, rank 0, saves into ``root``)."""
+    for tmp in root.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -97,11 +103,9 @@ def resolve(path: str | Path) -> Path:
     return p.resolve()
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify a checkpoint; a truncated or corrupt file raises a UserError naming it."""
-    folder = resolve(path)
-    state_file = folder / STATE
-    meta_file = folder / META
+def verify(folder: Path) -> Path:
+    """Check ``folder``'s state file against the sha256 in its meta file; return the state file."""
+    state_file, meta_file = folder / STATE, folder / META
     if meta_file.exists():
         try:
             meta = json.loads(meta_file.read_text())
@@ -109,18 +113,28 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             raise UserError(f"checkpoint {meta_file} is corrupt (unreadable JSON)") from None
         if _sha256(state_file) != meta.get("sha256"):
             raise UserError(f"checkpoint {state_file} is corrupt or truncated (sha256 mismatch)")
+    return state_file
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint; a truncated or corrupt file raises a UserError naming it."""
+    state_file = verify(resolve(path))
     try:
         return torch.load(state_file, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise UserError(f"checkpoint {state_file} is unreadable: {str(e).splitlines()[0][:200]}") from None
 
 
-def load_latest(root: str | Path, map_location: str | torch.device = "cpu"):
+def load_latest(root: str | Path, map_location: str | torch.device = "cpu", verify_only: bool = False):
     """Newest loadable checkpoint under ``root`` as ``(folder, state, skipped)``; ``skipped`` names the
-    newer ones that failed verification. ``(None, None, skipped)`` if none loads."""
+    newer ones that failed verification. ``(None, None, skipped)`` if none loads. ``verify_only``: check
+    the sha256 without unpickling (``state`` is then None)."""
     skipped = []
     for folder in list_checkpoints(root):
         try:
+            if verify_only:
+                verify(folder)
+                return folder, None, skipped
             return folder, load(folder, map_location), skipped
         except UserError as e:
             skipped.append(str(e))

@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from distgan.launcher.main import check_group_choices, register_schema, run  # noqa: E402
+from distgan.launcher.main import register_schema, run  # noqa: E402
+from distgan.launcher.precheck import check_command_line  # noqa: E402
 
 register_schema()
 
@@ -22,5 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
+    check_command_line(sys.argv[1:])  # Hydra's multi-line errors as one line, before any folder exists
     main()

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import stat
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -41,23 +42,58 @@ def preflight(cfg: Config, cuda_devices: int) -> Config:
     """Every check that can fail on user input, in the driver, before anything starts or is written."""
     validate(cfg, cuda_devices=cuda_devices)
     cfg = replace(cfg, dataset=data.locate(cfg.dataset))
+    _check_data_readable(cfg)
     run_dir = Path(cfg.run_dir)
-    if not _writable(run_dir):
-        raise UserError(f"run directory {run_dir} is not writable; set hydra.run.dir to a folder you can write")
-    has_checkpoints = bool(checkpoint.list_checkpoints(run_dir / "checkpoints"))
-    if cfg.resume == "never" and has_checkpoints:
+    _check_writable(run_dir)
+    found = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    if cfg.resume == "never" and found:
         raise UserError(f"{run_dir} already holds checkpoints and resume=never; use resume=auto to continue "
                         "it or a new hydra.run.dir")
-    if cfg.resume not in ("auto", "never") and not has_checkpoints:
+    if found and cfg.resume != "never":
+        _check_run_checkpoints(run_dir)
+    if cfg.resume not in ("auto", "never") and not found:
         _check_resume_checkpoint(cfg)
     return cfg
 
 
-def _writable(run_dir: Path) -> bool:
-    probe = run_dir
-    while not probe.exists():
+def _check_data_readable(cfg: Config) -> None:
+    """Decode the training set once here, so a corrupt file is one line now and not a crash in every
+    worker later (image sets are small; the folder-of-images set is only listed, decoding it is slow)."""
+    if cfg.dataset.name in ("ring", "grid", "image_folder"):
+        return
+    try:
+        n = len(data.load(cfg.dataset, seed=cfg.train.seed))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torchvision asserts, unpickling errors, … all mean a bad file
+        raise UserError(f"cannot read {cfg.dataset.name} from dataset.root={cfg.dataset.root} "
+                        f"({type(e).__name__}{': ' + str(e).splitlines()[0][:120] if str(e) else ''}); the files "
+                        "look truncated or corrupt: delete them and copy them again") from None
+    if cfg.train.batch_size > n:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than {cfg.dataset.name} ({n} images)")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Probe by creating (and removing) a folder: ``os.access`` says yes to root on read-only mounts."""
+    probe = run_dir if run_dir.is_dir() else run_dir.parent
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    return os.access(probe, os.W_OK | os.X_OK)
+    try:
+        Path(tempfile.mkdtemp(prefix=".distgan-probe-", dir=probe)).rmdir()
+    except OSError as e:
+        raise UserError(f"run directory {run_dir} is not writable ({e.strerror}); set hydra.run.dir to a folder "
+                        "you can write") from None
+
+
+def _check_run_checkpoints(run_dir: Path) -> None:
+    """resume=auto on a run with checkpoints: the newest that verifies is used; if none does, stop here
+    rather than silently starting over (and later deleting the evidence by retention)."""
+    folder, _, skipped = checkpoint.load_latest(run_dir / "checkpoints", verify_only=True)
+    if folder is None:
+        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'} is readable ({skipped[0]}); use a new "
+                        "hydra.run.dir, or resume=PATH with a good checkpoint")
+    for reason in skipped:  # the workers fall back to ``folder`` the same way
+        log.warning("skipping a checkpoint: %s", reason)
 
 
 def _check_resume_checkpoint(cfg: Config) -> None:

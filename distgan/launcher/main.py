@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from distgan.config import Config
 from distgan.errors import UserError
-from distgan.launcher import common
 from distgan.launcher.ray_train import root_cause
 
 log = logging.getLogger("distgan")
@@ -50,6 +49,8 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
 
 
 def run(dcfg: DictConfig) -> None:
+    from distgan.launcher import common  # imports torch: not needed to reject a bad command line
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         cfg = common.to_config(dcfg, str(run_dir))

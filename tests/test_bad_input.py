@@ -1,0 +1,129 @@
+"""Bad input through the real CLI: one ``error:`` line on stderr, a non-zero exit, no traceback, and
+nothing created or submitted (DESIGN.md §2). Every row fails before Ray starts, so each is ~2-3 s."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["dataset=ring", "model=mlp", "model.width=4"]  # generated data: no dataset is unpacked anywhere
+
+
+def _has_slurm_check() -> bool:
+    try:
+        from distgan.launcher import slurm
+    except ImportError:
+        return False
+    return hasattr(slurm, "check_environment")
+
+
+def _checkpoint(folder: Path, width: int, corrupt: bool = False) -> Path:
+    """A real checkpoint of an mlp of ``width`` on 2D points (optionally with a flipped byte)."""
+    from distgan import checkpoint
+    from distgan.config import ModelConfig
+    from distgan.models import build_models
+
+    G, D = build_models(ModelConfig(name="mlp", width=width, latent_dim=100), (2,))
+    path = checkpoint.save(folder, 10, {"G": G.state_dict(), "D": D.state_dict(), "step": 10, "data_shape": [2]})
+    if corrupt:
+        with open(path / checkpoint.STATE, "r+b") as f:
+            f.seek(200)
+            byte = f.read(1)
+            f.seek(200)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fixtures")
+    raw = root / "corrupt_mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + os.urandom(200))  # idx magic, then garbage
+    _checkpoint(root / "other_arch", width=8)
+    _checkpoint(root / "corrupt_ckpt", width=4, corrupt=True)
+    _checkpoint(root / "corrupt_run" / "checkpoints", width=4, corrupt=True)
+    (root / "a_file").write_text("not a folder")
+    return root
+
+
+# (id, overrides; {F} is the fixtures folder, {RUN} the run directory)
+ROWS = [
+    ("unknown-model", ["model=foo"]),
+    ("unknown-dataset", ["dataset=foo"]),
+    ("unknown-loss", ["loss=foo"]),
+    ("unknown-cluster", ["cluster=foo"]),
+    ("unknown-key", ["train.foo=1"]),
+    ("unknown-key-added", ["+train.foo=1"]),
+    ("unknown-top-key", ["+foo=1"]),
+    ("wrong-type", ["train.steps=abc"]),
+    ("bad-syntax", ["train.steps"]),
+    ("sweep-without-m", ["train.lr_d=1e-4,2e-4"]),
+    ("bad-precision", ["train.precision=fp8"]),
+    ("zero-steps", ["train.steps=0"]),
+    ("negative-lr", ["train.lr_d=-1e-4"]),
+    ("zero-batch", ["train.batch_size=0"]),
+    ("batch-not-divisible", ["train.batch_size=63", "cluster.num_workers=2"]),
+    ("more-gpus-than-present", ["cluster.use_gpu=true"]),
+    ("missing-dataset", ["dataset=mnist", "dataset.root=/nonexistent/distgan-data"]),
+    ("corrupt-dataset-file", ["dataset=mnist", "dataset.root={F}/corrupt_mnist"]),
+    ("run-dir-not-writable", ["hydra.run.dir=/proc/distgan-no-such-dir/run"]),
+    ("run-dir-under-a-file", ["hydra.run.dir={F}/a_file/run"]),
+    ("resume-missing", ["resume={F}/no_such_checkpoint"]),
+    ("resume-corrupt", ["resume={F}/corrupt_ckpt/latest"]),
+    ("resume-other-architecture", ["resume={F}/other_arch/latest"]),
+    ("run-with-only-corrupt-checkpoints", ["hydra.run.dir={F}/corrupt_run"]),
+    ("slurm-without-sbatch", ["cluster=slurm", "hydra.run.dir={RUN}"]),
+    ("slurm-malformed-time", ["cluster=slurm", "+cluster.additional_parameters.time=1:2:3:4:5"]),
+]
+
+
+def _listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("overrides", [r[1] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_line(overrides, fixtures, tmp_path, request):
+    row = request.node.callspec.id
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("DISTGAN_DEBUG", None)
+    if row.startswith("slurm") and not _has_slurm_check():
+        pytest.skip("distgan.launcher.slurm.check_environment does not exist yet")
+    if row == "more-gpus-than-present" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if row == "slurm-without-sbatch":
+        env["PATH"] = str(tmp_path / "empty-bin")  # no sbatch (nor anything else) on PATH
+    run_dir = tmp_path / "run"
+    args = [a.format(F=fixtures, RUN=run_dir) for a in overrides]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={run_dir}")
+    before_fixtures = _listing(fixtures)
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "run.py"), *BASE, *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert len(lines[0]) > len("error: ") + 15, lines[0]  # says something
+    assert not run_dir.exists(), f"left behind: {_listing(run_dir)}"
+    assert _listing(tmp_path) == set(), f"created: {_listing(tmp_path)}"
+    assert _listing(fixtures) == before_fixtures, "changed files of an existing run or checkpoint"
+
+
+def test_debug_keeps_the_traceback(tmp_path):
+    """``HYDRA_FULL_ERROR=1`` is the documented way back to the full error."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "run.py"), *BASE, "train.steps=0",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "train.steps must be positive" in proc.stderr
