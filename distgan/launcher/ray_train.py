@@ -54,7 +54,21 @@ def _worker_entry(config: dict[str, Any]) -> None:
                              checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     logging.basicConfig(level=logging.INFO)
-    train_worker(from_dict(config["cfg"]), RayHooks())
+    cfg = from_dict(config["cfg"])
+    _record_placement(Path(cfg.run_dir), ray.train.get_context().get_world_rank())
+    train_worker(cfg, RayHooks())
+
+
+def _record_placement(run_dir: Path, rank: int) -> None:
+    """``<run_dir>/workers/rank{r}.json``: where each rank runs (host, SLURM node, pid), for users and tests."""
+    import json
+    import socket
+
+    folder = run_dir / "workers"
+    folder.mkdir(exist_ok=True)
+    info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_node": os.environ.get("SLURMD_NODENAME"), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    (folder / f"rank{rank}.json").write_text(json.dumps(info))
 
 
 def fit(cfg: Config, cuda_devices: int) -> None:
@@ -62,6 +76,10 @@ def fit(cfg: Config, cuda_devices: int) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Workers resume from distgan's own checkpoints/ (train_worker reads it). Ray's snapshot of an earlier
+    # fit() in this run directory may list checkpoints that train.keep_checkpoints has deleted since, and
+    # Ray then refuses to start ("corrupted run directory"): it holds nothing we need, so drop it.
+    (Path(cfg.run_dir) / "checkpoints" / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
     gpu = use_gpu(cfg, cuda_devices)
     resources = {"CPU": cfg.cluster.cpus_per_worker}
     if gpu:
