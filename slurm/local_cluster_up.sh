@@ -17,8 +17,8 @@
 # If the cluster is up but unhealthy (a daemon died, a node is down, the config changed) it is
 # torn down with local_cluster_down.sh --keep-munge and started afresh.
 # State lives in /var/spool/slurm-distgan, logs in /var/log/slurm-distgan, pids in
-# /run/slurm-distgan.  There is no slurmdbd, so the real sacct fails; slurm/bin/sacct is a
-# stand-in for submitit (see NOTES-local-cluster.md).
+# /run/slurm-distgan.  There is no slurmdbd, so sacct fails: distgan reads job states with squeue
+# and scontrol instead (see slurm/README.md).
 #
 # Environment overrides (all optional):
 #   DISTGAN_SLURM_CONF          config path (clients then need SLURM_CONF) [/etc/slurm/slurm.conf]
@@ -148,7 +148,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 # No slurmdbd, hence no accounting and the real sacct cannot answer.  Finished jobs are logged
-# as text instead (one line per run; slurm/bin/sacct reads it).
+# as text instead (one line per run, /var/log/slurm-distgan/jobcomp.txt).
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOGDIR/jobcomp.txt
