@@ -5,6 +5,7 @@ Layout under ``<run_dir>/checkpoints``::
     step_0000500/state.pt     G, D, G_ema, both optimizers, scaler, step, RNG, config, fixed latents
     step_0000500/meta.json    step and the sha256 of state.pt (written last: no meta, no checkpoint)
     latest -> step_0000500    symlink, swapped atomically
+    best/                     the best checkpoint by the sample-quality metrics (train.eval_every)
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a process killed
 while saving leaves the previous checkpoint untouched. Loading checks the sha256 and uses
@@ -24,7 +25,7 @@ import torch
 
 from distgan.errors import UserError
 
-STATE, META, LATEST = "state.pt", "meta.json", "latest"
+STATE, META, LATEST, BEST = "state.pt", "meta.json", "latest", "best"
 
 
 def _sha256(path: Path) -> str:
@@ -68,6 +69,36 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
     for old in list_checkpoints(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_best(root: str | Path, step: int, state: dict[str, Any], scores: dict[str, float]) -> Path:
+    """Write ``state`` as ``root/best`` (its ``meta.json`` also holds the ``scores``), replacing the
+    previous best. A real folder, not a link: retention deletes ``step_*`` folders and never ``best``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{BEST}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE)
+    _fsync(tmp / STATE)
+    meta = {"step": step, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size,
+            "scores": scores}
+    (tmp / META).write_text(json.dumps(meta))
+    _fsync(tmp / META)
+    final, old = root / BEST, root / f".old-{BEST}-{os.getpid()}"
+    if final.exists():  # a directory cannot be replaced in one rename: move the old one aside first
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def best_scores(root: str | Path) -> dict[str, float] | None:
+    """The scores recorded with ``root/best`` (to continue the comparison after a resume), if any."""
+    try:
+        return json.loads((Path(root) / BEST / META).read_text()).get("scores")
+    except (OSError, ValueError):
+        return None
 
 
 def _remove_stale_tmp(root: Path) -> None:

@@ -7,6 +7,7 @@ crashed attempt wrote after its last checkpoint, so curves continue without repe
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -29,6 +30,12 @@ class TBWriter:
             self.glob.add_scalar(name, value, step)
         for name, value in extra.items():
             self.glob.add_scalar(name, value, step)
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        """Sample-quality metrics as ``metrics/<name>`` on the global run (non-finite values skipped)."""
+        for name, value in values.items():
+            if math.isfinite(value):
+                self.glob.add_scalar(f"metrics/{name}", value, step)
 
     def image(self, step: int, picture: torch.Tensor) -> None:
         self.glob.add_image("samples", picture, step)

@@ -22,6 +22,7 @@ from distgan.config import Config, to_dict
 from distgan.data import ShardedSampler, counter_generator, load
 from distgan.errors import UserError
 from distgan.losses import build_loss
+from distgan.metrics import Evaluator
 from distgan.models import build_models
 from distgan.samples import class_rows, render, save_png
 from distgan.step import GANStep, accelerate, autocast, build_optimizers, call
@@ -137,11 +138,14 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
 
         writer = TBWriter(run_dir, world, purge_step=step + 1 if step else None)
 
+    evaluator = Evaluator(cfg, device, seed=t.seed, best=checkpoint.best_scores(run_dir / "checkpoints")
+                          ) if t.eval_every else None
+
     def real_batch(counter: int):
         idx = sampler.indices(counter)
         return data.batch(idx, device), data.batch_labels(idx, device)
 
-    def save_checkpoint() -> Path:
+    def save_checkpoint(best: dict | None = None) -> Path:
         state = {
             "G": G.state_dict(), "D": D.state_dict(),
             "G_ema": G_ema.state_dict() if G_ema is not None else None,
@@ -150,6 +154,8 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
             "config": to_dict(cfg), "data_shape": list(data.shape), "fixed_z": fixed_z.cpu(),
             "num_classes": num_classes, "fixed_y": fixed_y.cpu() if fixed_y is not None else None,
         }
+        if best is not None:  # checkpoints/best, with its scores; retention never deletes it
+            return checkpoint.save_best(run_dir / "checkpoints", step, state, best)
         return checkpoint.save(run_dir / "checkpoints", step, state, keep=t.keep_checkpoints)
 
     def write_samples() -> Path:
@@ -180,7 +186,8 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         acc_steps += 1
 
         last = step == t.steps
-        tick, ckpt = step % t.log_every == 0 or last, step % t.checkpoint_every == 0 or last
+        evaluate = t.eval_every > 0 and (step % t.eval_every == 0 or last)
+        tick, ckpt = step % t.log_every == 0 or last or evaluate, step % t.checkpoint_every == 0 or last
         if not (tick or ckpt):
             continue
         # ---- log tick: reduce once, on every rank (collectives), write on rank 0
@@ -197,6 +204,9 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank,
                    **{n: float(v) for n, v in zip(STAT_NAMES, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(STAT_NAMES, per_rank.mean(0))}}
+        # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
+        scores = evaluator(G_ema if G_ema is not None else G) if evaluate else {}
+        metrics.update({f"metrics/{k}": v for k, v in scores.items()})
         if ckpt and world > 1:  # DESIGN.md §4.7: never save weights the ranks disagree on
             diff = max(dist.max_param_difference(G), dist.max_param_difference(D))
             if diff > 1e-6:
@@ -204,6 +214,10 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         saved = None
         if rank == 0:
             writer.scalars(step, STAT_NAMES, per_rank, {"perf/img_per_sec": img_per_sec})
+            if scores:
+                writer.metrics(step, scores)
+                if evaluator.improved(scores):
+                    metrics["best"] = str(save_checkpoint(best=scores))
             if step % t.sample_every == 0 or last:
                 metrics["sample"] = str(write_samples())
             if ckpt:
