@@ -96,7 +96,8 @@ class TrainConfig:
     eval_every: int = 0  # steps between metric evaluations; 0 = off
     keep_checkpoints: int = 3  # newest checkpoints kept (older ones deleted)
     num_sample_images: int = 64  # images in the sample grid
-    skip_nonfinite: bool = False  # skip (and count) a step with a non-finite loss instead of stopping
+    skip_nonfinite: bool = False  # skip (and count) an update with a non-finite gradient instead of stopping
+    keep_samples: int = 100  # newest sample PNGs kept in samples/ (TensorBoard keeps all); 0 = keep all
 
 
 @dataclass
@@ -136,7 +137,7 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
         _positive(f"train.{name}", getattr(t, name))
     for name in ("lr_g", "lr_d"):
         _positive(f"train.{name}", getattr(t, name))
-    for name in ("ema_kimg", "r1_gamma", "eval_every"):
+    for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples"):
         if getattr(t, name) < 0:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
     _positive("model.latent_dim", cfg.model.latent_dim)

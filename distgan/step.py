@@ -134,10 +134,13 @@ class GANStep:
         return d, loss_g
 
     # ---- phases
+    guard = None  # a nonfinite.NonFiniteGuard (set by train_worker): may veto an update before it lands
+
     def _optimize(self, opt, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
-        self.scaler.update()
+        if self.guard is None or self.guard.ok("D" if opt is self.opt_d else "G", opt, loss):
+            self.scaler.step(opt)
+            self.scaler.update()
         opt.zero_grad(set_to_none=True)
 
     def d_main(self, real: torch.Tensor, y_real: torch.Tensor | None, z: torch.Tensor,

@@ -24,6 +24,7 @@ from distgan.errors import UserError
 from distgan.losses import build_loss
 from distgan.metrics import Evaluator
 from distgan.models import build_models
+from distgan.nonfinite import NonFiniteError, NonFiniteGuard
 from distgan.samples import class_rows, render, save_png
 from distgan.step import GANStep, accelerate, autocast, build_optimizers, call
 
@@ -38,10 +39,6 @@ class Hooks:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
         """Called on every rank at every log tick and checkpoint, the same number of times."""
-
-
-class NonFiniteError(RuntimeError):
-    pass
 
 
 def ema_beta(cfg: Config, batch: int, images_seen: int) -> float:
@@ -67,6 +64,11 @@ def _architecture_check(module: torch.nn.Module, state: dict, what: str, source:
         raise UserError(f"checkpoint {source} holds a different {what} architecture than this config "
                         "(check model=, model.width, model.latent_dim and dataset); use resume=never or "
                         "a new run directory")
+
+
+def _last_checkpoint(run_dir: Path) -> str:
+    found = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    return str(found[0]) if found else "none"
 
 
 def _find_resume_state(cfg: Config, device) -> tuple[Optional[dict], str]:
@@ -131,6 +133,11 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
     G_ddp, D_ddp = dist.wrap(G, device), dist.wrap(D, device)
     gan = GANStep(G_ddp, D_ddp, opt_g, opt_d, loss, t, scaler, device, cfg.model.latent_dim, num_classes,
                   channels_last)
+    # NaN/Inf is caught at the update, before it reaches the weights (distgan/nonfinite.py); under fp16
+    # GradScaler already skips overflowing updates, so only the log-tick loss check below applies.
+    gan.guard = NonFiniteGuard(t.skip_nonfinite, enabled=t.precision != "fp16", where=lambda: (
+        f"step {step + 1}; last good checkpoint: {_last_checkpoint(run_dir)}"))
+    gan.guard.skipped = int(state.get("skipped_steps", 0)) if state is not None else 0
     sampler = ShardedSampler(len(data), t.batch_size, rank, world, t.seed)
     writer = None
     if rank == 0:
@@ -153,6 +160,7 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
             "step": step, "images_seen": step * t.batch_size, "rng_cpu": torch.get_rng_state(),
             "config": to_dict(cfg), "data_shape": list(data.shape), "fixed_z": fixed_z.cpu(),
             "num_classes": num_classes, "fixed_y": fixed_y.cpu() if fixed_y is not None else None,
+            "skipped_steps": gan.guard.skipped,
         }
         if best is not None:  # checkpoints/best, with its scores; retention never deletes it
             return checkpoint.save_best(run_dir / "checkpoints", step, state, best)
@@ -168,6 +176,9 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         writer.image(step, picture)
         path = run_dir / "samples" / f"step_{step:07d}.png"
         save_png(picture, path)
+        if t.keep_samples > 0:  # bounded folder on long runs; TensorBoard keeps every grid
+            for old in sorted(path.parent.glob("step_*.png"))[:-t.keep_samples]:
+                old.unlink(missing_ok=True)
         return path
 
     # ---- the loop
@@ -176,14 +187,16 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
     tick_time, tick_step = time.perf_counter(), step
     metrics: dict[str, Any] = {}
     while step < t.steps:
+        skipped_before = gan.guard.skipped
         d, loss_g = gan.train_step(step, real_batch)  # n_critic D steps (+ lazy R1), one G step
         step += 1
         if G_ema is not None:
             ema_update(G_ema, G, ema_beta(cfg, t.batch_size, step * t.batch_size))
         stats = torch.stack([d.loss_d, loss_g, d.d_real, d.d_fake])
-        nonfinite += (~torch.isfinite(stats)).any()
-        acc += stats
-        acc_steps += 1
+        if gan.guard.skipped == skipped_before:  # a skipped update's NaN losses stay out of the means
+            nonfinite += (~torch.isfinite(stats)).any()
+            acc += stats
+            acc_steps += 1
 
         last = step == t.steps
         evaluate = t.eval_every > 0 and (step % t.eval_every == 0 or last)
@@ -201,7 +214,7 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         per_rank = dist.all_gather_rows(acc / max(acc_steps, 1)).cpu()
         now = time.perf_counter()
         img_per_sec = (step - tick_step) * t.batch_size * t.n_critic / max(now - tick_time, 1e-9)
-        metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank,
+        metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank, "skipped_steps": gan.guard.skipped,
                    **{n: float(v) for n, v in zip(STAT_NAMES, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(STAT_NAMES, per_rank.mean(0))}}
         # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
@@ -213,7 +226,8 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
                 raise RuntimeError(f"ranks diverged: weights differ by up to {diff:g} at step {step}")
         saved = None
         if rank == 0:
-            writer.scalars(step, STAT_NAMES, per_rank, {"perf/img_per_sec": img_per_sec})
+            writer.scalars(step, STAT_NAMES, per_rank, {"perf/img_per_sec": img_per_sec,
+                                                        "train/skipped_steps": gan.guard.skipped})
             if scores:
                 writer.metrics(step, scores)
                 if evaluator.improved(scores):
