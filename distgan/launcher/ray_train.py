@@ -23,10 +23,17 @@ def secure_ray_env(run_dir: Path) -> dict[str, str]:
     Ray 2.60 turns token auth on by itself when ``~/.ray/auth_token`` exists and then refuses drivers
     without it, so the mode is always set explicitly."""
     path = Path(run_dir) / TOKEN_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():  # written aside, then linked into place: no task ever reads half a token
+        tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another task of the same job was first: use its token
+        finally:
+            tmp.unlink()
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path),
            "RAY_TRAIN_V2_ENABLED": "1", "RAY_USAGE_STATS_ENABLED": "0",
            # the metrics agent and log-dedup noise are of no use to a training CLI
@@ -84,7 +91,7 @@ def fit(cfg: Config, cuda_devices: int) -> None:
     resources = {"CPU": cfg.cluster.cpus_per_worker}
     if gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    trainer = _lean(TorchTrainer)(
         _worker_entry,
         train_loop_config={"cfg": to_dict(cfg)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
@@ -97,6 +104,21 @@ def fit(cfg: Config, cuda_devices: int) -> None:
         ),
     )
     trainer.fit()
+
+
+# Default Ray Train callbacks that each start an actor (a Python process, ~1.5 CPU-s before the first step
+# on a small machine) distgan has no use for: the Ray Data shard manager (no Ray Dataset is fed) and the
+# detached placement-group cleaner (the run's Ray cluster ends with the run). docs/benchmarks.md, start-up.
+UNUSED_RAY_TRAIN_CALLBACKS = ("DatasetsCallback", "PlacementGroupCleanerCallback")
+
+
+def _lean(trainer_cls):
+    class LeanTorchTrainer(trainer_cls):
+        def _create_default_callbacks(self):  # private Ray Train API: if it goes, nothing is dropped
+            return [cb for cb in super()._create_default_callbacks()
+                    if type(cb).__name__ not in UNUSED_RAY_TRAIN_CALLBACKS]
+
+    return LeanTorchTrainer
 
 
 def run_in_thread(target, *args) -> tuple[threading.Thread, dict]:

@@ -74,6 +74,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][task %(process)d] %(message)s")
         env = submitit.JobEnvironment()
+        (self.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
         secure_ray_env(self.run_dir)
         if env.global_rank == 0:
             (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request of the previous attempt
@@ -170,3 +171,27 @@ class SlurmJob(submitit.helpers.Checkpointable):
                 break
             time.sleep(1)
         return submitit.helpers.DelayedSubmission(SlurmJob(self.cfg))
+
+
+def main(argv: list[str]) -> None:
+    """``srun python -m distgan.launcher.slurm_job hydra.run.dir=DIR [overrides]``: the same job from a
+    plain sbatch script (slurm/ray_cluster.sbatch), without submitit's submission or requeue."""
+    from hydra import compose, initialize_config_dir
+
+    from distgan.launcher import common
+    from distgan.launcher.main import CONFIG_DIR, register_schema
+
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    if not run_dir:
+        sys.exit("error: pass hydra.run.dir=/shared/path/run (on storage every node sees)")
+    register_schema()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        dcfg = compose("config", overrides=["cluster=slurm", *[a for a in argv if not a.startswith("hydra.")]])
+    cfg = common.preflight(common.to_config(dcfg, run_dir), cuda_devices=0)
+    if submitit.JobEnvironment().global_rank == 0:
+        common.prepare_run_dir(cfg)
+    print(SlurmJob(cfg)())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
