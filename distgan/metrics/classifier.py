@@ -164,7 +164,8 @@ def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings = DEFAULT,
         raise FileNotFoundError(path)
     model = Classifier(state["channels"], state["num_classes"], settings.width)
     model.load_state_dict(state["model"])
-    info = {"test_accuracy": state["test_accuracy"], "num_classes": state["num_classes"], "path": str(path)}
+    info = {"test_accuracy": state["test_accuracy"], "num_classes": state["num_classes"],
+            "channels": state["channels"], "path": str(path)}
     return model.eval().requires_grad_(False), info
 
 

@@ -20,7 +20,7 @@ from distgan import dist
 from distgan.config import Config
 from distgan.data import counter_generator
 from distgan.metrics import mixture
-from distgan.metrics.classifier import ClassifierSettings, load_classifier, predict, real_reference
+from distgan.metrics.classifier import Classifier, ClassifierSettings, load_classifier, predict, real_reference
 from distgan.metrics.image import image_metrics
 
 EVAL_STREAM = 5  # counter_generator stream of evaluation latents (training uses 0..4)
@@ -87,16 +87,21 @@ class Evaluator:
         self.best = best  # scores of checkpoints/best, carried over a resume
 
     def _setup(self) -> None:
-        """Rank 0 trains the classifier if it is not cached yet; the others wait, then load it."""
+        """Rank 0 loads the classifier (training it if it is not cached yet) and sends it to the others,
+        whose nodes may not share rank 0's cache folder."""
         if self.mixture or self.classifier is not None:
             return
         if dist.rank() == 0:
             self.classifier, self.info = load_classifier(self.cfg.dataset, self.settings)
             self.real = real_reference(self.cfg.dataset, self.classifier, self.settings)
         if dist.world_size() > 1:
-            tdist.barrier()
-        if dist.rank() != 0:
-            self.classifier, self.info = load_classifier(self.cfg.dataset, self.settings, train_if_missing=False)
+            payload = [self.classifier.state_dict() if dist.rank() == 0 else None, self.info]
+            tdist.broadcast_object_list(payload, src=0)
+            if dist.rank() != 0:
+                weights, self.info = payload
+                self.classifier = Classifier(self.info["channels"], self.info["num_classes"], self.settings.width)
+                self.classifier.load_state_dict(weights)
+                self.classifier.eval().requires_grad_(False)
         self.classifier.to(self.device)
 
     def features(self, G: nn.Module) -> torch.Tensor:
