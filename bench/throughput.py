@@ -1,0 +1,379 @@
+"""Throughput of distgan side by side with a plain PyTorch loop, and the CLI's time to the first step.
+
+    python bench/throughput.py            # the full run (docs/benchmarks.md, "Throughput")
+    python bench/throughput.py --quick    # a few steps of every case: checks the plumbing only
+
+Cases, per model (mlp, dcgan), all on Fashion-MNIST held in memory, global batch 64:
+  (a) plain    a hand-written PyTorch loop below: no Ray, no DDP, no distgan import in the loop
+  (b) distgan  ``distgan.train.train_worker`` in one process, same threads and batch
+  (c) distgan  two plain gloo processes (1 thread each), the same global batch split 2 x 32
+Every case runs in a fresh process, and the cases alternate within a round (a b c, then c b a in
+the next round) so that drift of a shared machine falls on all of them alike. Steady-state img/s is
+timed between log ticks after a warm-up (distgan's ticks include its all-gather, TensorBoard and
+metrics.jsonl writes: they are part of the loop the user runs); the last tick of a distgan run, which
+also writes samples and a checkpoint, is left out. Peak RSS is ``ru_maxrss`` of each worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CASES = ("plain", "distgan-1", "distgan-2")
+LABELS = {"plain": "(a) plain PyTorch", "distgan-1": "(b) distgan, 1 worker", "distgan-2": "(c) distgan, 2 workers"}
+
+
+# ------------------------------------------------------------------------------ (a) the reference
+def plain_models(model: str) -> tuple[nn.Module, nn.Module, int]:
+    """The blog post's MLP GAN, fixed (flat z, tanh output, logits), and DCGAN at 28 px: by hand."""
+    if model == "mlp":
+        nz = 100
+        G = nn.Sequential(nn.Linear(nz, 256), nn.LeakyReLU(0.2), nn.Linear(256, 512), nn.LeakyReLU(0.2),
+                          nn.Linear(512, 1024), nn.LeakyReLU(0.2), nn.Linear(1024, 784), nn.Tanh(),
+                          nn.Unflatten(1, (1, 28, 28)))
+        D = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.LeakyReLU(0.2), nn.Linear(1024, 512),
+                          nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2), nn.Linear(256, 1),
+                          nn.Flatten(0))
+        return G, D, nz
+    nz = 64
+    G = nn.Sequential(nn.Linear(nz, 128 * 7 * 7), nn.Unflatten(1, (128, 7, 7)), nn.BatchNorm2d(128), nn.ReLU(True),
+                      nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True),
+                      nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
+    D = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(64, 128, 4, 2, 1),
+                      nn.LeakyReLU(0.2, True), nn.Flatten(), nn.Linear(128 * 7 * 7, 1), nn.Flatten(0))
+    return G, D, nz
+
+
+def plain_worker(model: str, root: str, batch: int, threads: int, tick: int, ticks: int) -> dict:
+    """The reference loop. Same arithmetic as distgan: a no-grad G forward for the D step, D frozen
+    in the G step, fresh z per phase, BCE on logits, Adam(2e-4, (0.5, 0.999)), losses read per tick."""
+    import torchvision
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.as_tensor(torchvision.datasets.FashionMNIST(root, train=True).data).unsqueeze(1)  # uint8
+    G, D, nz = plain_models(model)
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ones, zeros = torch.ones(batch), torch.zeros(batch)
+    perm, pos, times, losses = torch.randperm(len(x)), 0, [], []
+    for step in range(1, tick * ticks + 1):
+        if pos + batch > len(x):
+            perm, pos = torch.randperm(len(x)), 0
+        real = x[perm[pos:pos + batch]].float().div_(127.5).sub_(1.0)
+        pos += batch
+        with torch.no_grad():
+            fake = G(torch.randn(batch, nz))
+        loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
+                  + F.binary_cross_entropy_with_logits(D(fake), zeros))
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        D.requires_grad_(False)
+        loss_g = F.binary_cross_entropy_with_logits(D(G(torch.randn(batch, nz))), ones)
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        D.requires_grad_(True)
+        if step % tick == 0:
+            losses.append((loss_d.item(), loss_g.item()))  # a log tick: the only host sync
+            times.append(time.perf_counter())
+    return {"times": times, "rss_mb": _peak_rss_mb(), "params": _count(G, D), "last_loss": losses[-1]}
+
+
+# ----------------------------------------------------------------------------- (b, c) distgan
+def distgan_config(model: str, root: str, batch: int, workers: int, threads: int, steps: int, tick: int,
+                   run_dir: str, extra: tuple[str, ...] = ()):
+    """distgan's own config (configs/ composed by Hydra, as launch/run.py does), for a timed run."""
+    from hydra import compose, initialize_config_dir
+
+    from distgan.config import validate
+    from distgan.launcher import common
+    from distgan.launcher.main import register_schema
+
+    register_schema()
+    overrides = [f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}", "resume=never",
+                 f"cluster.num_workers={workers}", f"cluster.cpus_per_worker={threads}",
+                 f"train.batch_size={batch}", f"train.steps={steps}", f"train.log_every={tick}",
+                 f"train.sample_every={steps}", f"train.checkpoint_every={steps}", *extra]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return validate(common.to_config(cfg, run_dir))
+
+
+def distgan_worker(cfg) -> dict:
+    from distgan.train import Hooks, train_worker
+
+    class Timing(Hooks):
+        """Wall time of every log tick; ``report`` is the loop's existing per-tick hook."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def report(self, metrics, checkpoint_dir):
+            self.times.append(time.perf_counter())
+
+    hooks = Timing()
+    train_worker(cfg, hooks)
+    return {"times": hooks.times, "rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process (VmHWM). Not ``ru_maxrss``: Linux carries that over from the parent
+    across fork + exec, so a spawned worker would report at least its parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB (Linux) elsewhere
+
+
+def _count(*modules: nn.Module) -> list[int]:
+    return [sum(p.numel() for p in m.parameters()) for m in modules]
+
+
+def _entry(rank: int, world: int, port: int, fn, args, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    try:
+        if world > 1:
+            dist.init_process_group("gloo", rank=rank, world_size=world)
+        queue.put((rank, fn(*args), None))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        queue.put((rank, None, f"{type(e).__name__}: {e}"))
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def in_processes(fn, args, world: int, timeout: float, inline: bool = False) -> list[dict]:
+    """``fn(*args)`` in ``world`` fresh spawned processes (a gloo group when world > 1), rank order.
+    ``inline``: one worker runs in this process (``--quick``: saves a torch start-up; RSS then means little)."""
+    if inline and world == 1:
+        return [fn(*args)]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in range(world):
+            rank, value, error = queue.get(timeout=timeout)
+            if error:
+                raise RuntimeError(f"rank {rank} failed: {error}")
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return [results[r] for r in range(world)]
+
+
+def steady_rate(times: list[float], warm: int, measure: int, images_per_tick: int) -> float:
+    """img/s between tick ``warm`` and tick ``warm + measure`` (1-based ticks)."""
+    return measure * images_per_tick / (times[warm + measure - 1] - times[warm - 1])
+
+
+def same_networks(model: str, root: str) -> tuple[list[int], list[int]]:
+    """Parameter counts of G and D: the reference's and distgan's (they must be equal)."""
+    from distgan.models import build_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = distgan_config(model, root, 64, 1, 1, 1, 1, tmp)
+    return _count(*plain_models(model)[:2]), _count(*build_models(cfg.model, (1, 28, 28)))
+
+
+def run_case(case: str, model: str, args, root: str) -> dict:
+    tick, warm, measure = args.tick[model], args.warm, args.measure
+    if case == "plain":
+        [out] = in_processes(plain_worker, (model, root, args.batch, args.threads, tick, warm + measure), 1,
+                             args.timeout, args.quick)
+        results = [out]
+    else:
+        workers = 1 if case == "distgan-1" else 2
+        with tempfile.TemporaryDirectory(prefix="distgan-bench-") as run_dir:
+            # one tick more than timed: the last one also writes samples and a checkpoint
+            cfg = distgan_config(model, root, args.batch, workers, args.threads if workers == 1 else 1,
+                                 tick * (warm + measure + 1), tick, run_dir)
+            results = in_processes(distgan_worker, (cfg,), workers, args.timeout, args.quick)
+    return {"img_s": steady_rate(results[0]["times"], warm, measure, tick * args.batch),
+            "rss_mb": max(r["rss_mb"] for r in results), "params": results[0].get("params")}
+
+
+# ------------------------------------------------------------------------------------- start-up
+def time_cli_startup(steps: int, timeout: float, stop_at_first: bool = False) -> dict:
+    """Seconds from spawning ``python launch/run.py`` to its first metrics.jsonl line (written after
+    step 1 with train.log_every=1), and to its exit. The real CLI, Ray included. ``stop_at_first``:
+    interrupt it (Ctrl-C, which it handles) once the first step is seen."""
+    with tempfile.TemporaryDirectory(prefix="distgan-bench-cli-") as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [sys.executable, str(ROOT / "launch" / "run.py"), "model=mlp", f"train.steps={steps}",
+               "train.log_every=1", f"train.sample_every={steps}", f"train.checkpoint_every={steps}",
+               f"hydra.run.dir={run_dir}"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first, cpu = None, None
+        while proc.poll() is None and time.perf_counter() - start < timeout:
+            if first is None and (run_dir / "metrics.jsonl").exists():
+                first = time.perf_counter() - start
+                cpu = _tree_cpu_s(proc.pid)
+                if stop_at_first:
+                    proc.send_signal(signal.SIGINT)
+                    break
+            time.sleep(0.02)
+        try:
+            err = proc.communicate(timeout=max(timeout - (time.perf_counter() - start), 60))[1]
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # Ray's processes go down with the driver's ray.shutdown()
+            err = proc.communicate()[1]
+        total = time.perf_counter() - start
+        if proc.returncode != 0 and not (stop_at_first and first is not None):
+            raise RuntimeError(f"launch/run.py exited with {proc.returncode}: {err.strip()[-500:]}")
+        if first is None and (run_dir / "metrics.jsonl").exists():
+            first = total  # finished between two polls
+        return {"first_step_s": first, "total_s": total, "cpu_s": cpu}
+
+
+def _tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) spent so far by ``pid`` and its live descendants (Linux /proc): the
+    start-up's work, which unlike its wall time hardly depends on what else the machine runs."""
+    try:
+        names = [n for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return None
+    parent, cpu = {}, {}
+    for name in names:
+        try:
+            text = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, …, utime, stime
+        parent[int(name)], cpu[int(name)] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier and p not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(cpu.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------------------------------- main
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few steps per case: plumbing only, numbers meaningless")
+    p.add_argument("--models", default="mlp,dcgan")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
+    p.add_argument("--batch", type=int, default=64, help="global batch")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of (a) and (b); (c) uses 1 per worker")
+    p.add_argument("--warm", type=int, default=2, help="warm-up log ticks, not timed")
+    p.add_argument("--measure", type=int, default=6, help="timed log ticks")
+    p.add_argument("--tick-mlp", type=int, default=25, help="steps per log tick, mlp")
+    p.add_argument("--tick-dcgan", type=int, default=10, help="steps per log tick, dcgan")
+    p.add_argument("--startup-runs", type=int, default=None, help="CLI start-up timings (default: one per round)")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.warm, args.measure, args.tick_mlp, args.tick_dcgan = 1, 1, 1, 2, 2
+    args.tick = {"mlp": args.tick_mlp, "dcgan": args.tick_dcgan}
+    args.startup_runs = args.rounds if args.startup_runs is None else args.startup_runs
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    from distgan import data
+    from distgan.config import DatasetConfig
+
+    root = data.locate(DatasetConfig(name="fashion_mnist")).root
+    models = args.models.split(",")
+    load = [os.getloadavg()[0]]
+    runs: dict[tuple[str, str], list[dict]] = {(m, c): [] for m in models for c in CASES}
+    startup: list[dict] = []
+    for m in models:
+        plain, ours = same_networks(m, root)
+        print(f"{m}: parameters G/D plain {plain[0]:,}/{plain[1]:,}, distgan {ours[0]:,}/{ours[1]:,}"
+              f"{'' if plain == ours else '  (DIFFERENT networks: the ratios are not comparable)'}", flush=True)
+    for r in range(args.rounds):
+        order = [(m, c) for m in models for c in CASES]
+        for m, c in order if r % 2 == 0 else order[::-1]:  # a b c … then … c b a: linear drift cancels
+            runs[m, c].append(run_case(c, m, args, root))
+            print(f"round {r + 1}/{args.rounds}  {m:5s} {c:9s}  {runs[m, c][-1]['img_s']:8.1f} img/s", flush=True)
+        if r < args.startup_runs:
+            startup.append(time_cli_startup(3 if args.quick else 5, args.timeout, stop_at_first=args.quick))
+            print(f"round {r + 1}/{args.rounds}  launch/run.py first step after {_f(startup[-1]['first_step_s'])} s "
+                  f"({_f(startup[-1]['cpu_s'])} CPU-s)", flush=True)
+        load.append(os.getloadavg()[0])
+    return report(args, models, runs, startup, load)
+
+
+def _f(x: float | None) -> str:
+    return "?" if x is None else f"{x:.1f}"
+
+
+def report(args, models, runs, startup, load) -> dict:
+    out = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "torch": torch.__version__,
+           "cpus": os.cpu_count(), "load_1min": load, "rows": [], "ratios": [], "startup": startup}
+    print(f"\nThroughput, Fashion-MNIST 28 px, global batch {args.batch}, {args.rounds} alternating round(s), "
+          f"median; 1-min load {min(load):.2f}..{max(load):.2f}")
+    print(f"{'model':6s} {'case':24s} {'workers':>7s} {'threads':>7s} {'img/s':>8s} {'min..max':>15s} "
+          f"{'peak RSS/worker':>15s}")
+    med = {}
+    for m in models:
+        for c in CASES:
+            rates = [x["img_s"] for x in runs[m, c]]
+            med[m, c] = statistics.median(rates)
+            workers, threads = (2, 1) if c == "distgan-2" else (1, args.threads)
+            rss = max(x["rss_mb"] for x in runs[m, c])
+            print(f"{m:6s} {LABELS[c]:24s} {workers:7d} {threads:7d} {med[m, c]:8.1f} "
+                  f"{min(rates):7.1f}..{max(rates):<7.1f} {rss:12.0f} MB")
+            out["rows"].append({"model": m, "case": c, "workers": workers, "threads": threads,
+                                "img_s": med[m, c], "img_s_runs": rates, "rss_mb": rss})
+    for m in models:
+        for name, num, den, target in (("b/a", "distgan-1", "plain", 0.97), ("c/b", "distgan-2", "distgan-1", 1.8)):
+            ratio = med[m, num] / med[m, den]
+            verdict = "met" if ratio >= target else "MISSED"
+            print(f"ratio {m:6s} {name}: {ratio:.3f}  (target >= {target}: {verdict})")
+            out["ratios"].append({"model": m, "ratio": name, "value": ratio, "target": target})
+    firsts = [s["first_step_s"] for s in startup if s["first_step_s"] is not None]
+    if firsts:
+        first, total = statistics.median(firsts), statistics.median(s["total_s"] for s in startup)
+        verdict = "met" if first <= 15 else "MISSED"
+        cpus = [s["cpu_s"] for s in startup if s["cpu_s"] is not None]
+        cpu = f"{statistics.median(cpus):.1f}" if cpus else "?"
+        print(f"startup launch/run.py -> first step: {first:.1f} s median of {len(firsts)} "
+              f"({', '.join(f'{f:.1f}' for f in firsts)}), {cpu} CPU-s; whole command {total:.1f} s  "
+              f"(target <= 15 s: {verdict})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
