@@ -58,9 +58,11 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
     meta = {"step": step, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
     (tmp / META).write_text(json.dumps(meta))
     _fsync(tmp / META)
-    if final.exists():  # the same step saved again after a restart: replace it
-        shutil.rmtree(final)
+    old = root / f".tmp-old-{final.name}-{os.getpid()}"
+    if final.exists():  # the same step saved again after a restart: move it aside, never delete it first
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     link = root / f".{LATEST}.{os.getpid()}"
     if link.is_symlink() or link.exists():
         link.unlink()
