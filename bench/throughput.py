@@ -308,6 +308,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally clauses: stop the workers
     from distgan import data
     from distgan.config import DatasetConfig
 
