@@ -55,6 +55,10 @@ def _worker_entry(config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
 
         def report(self, metrics, checkpoint_dir):
+            # Only checkpoint ticks go to Ray: each ray.train.report is a barrier that waits on the
+            # controller's ~2 s poll, and the curves already go to TensorBoard and metrics.jsonl.
+            if not metrics.get("checkpointed"):
+                return
             # The checkpoint already lies in the run's storage (run_dir/checkpoints): no copy.
             ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
             ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
