@@ -29,6 +29,7 @@ from distgan.samples import class_rows, render, save_png
 from distgan.step import GANStep, accelerate, autocast, build_optimizers, call
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]
+STOP_FILE = "STOP"  # in the run directory: checkpoint at the next log tick and return
 log = logging.getLogger("distgan")
 
 
@@ -39,6 +40,9 @@ class Hooks:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
         """Called on every rank at every log tick and checkpoint, the same number of times."""
+
+    def end(self, G: torch.nn.Module, D: torch.nn.Module) -> None:
+        """Called on every rank when training ends, with the unwrapped networks (tests inspect them)."""
 
 
 def ema_beta(cfg: Config, batch: int, images_seen: int) -> float:
@@ -204,6 +208,9 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         if not (tick or ckpt):
             continue
         # ---- log tick: reduce once, on every rank (collectives), write on rank 0
+        # A stop request (e.g. the SLURM time limit is near) is honoured at a tick, by all ranks together.
+        stop = dist.any_rank(rank == 0 and (run_dir / STOP_FILE).exists(), device)
+        ckpt = ckpt or stop
         bad = dist.all_gather_rows(nonfinite.reshape(1).float()).flatten()
         if bad.any():
             bad_rank = int(bad.nonzero()[0])
@@ -215,6 +222,7 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         now = time.perf_counter()
         img_per_sec = (step - tick_step) * t.batch_size * t.n_critic / max(now - tick_time, 1e-9)
         metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank, "skipped_steps": gan.guard.skipped,
+                   "checkpointed": bool(ckpt),
                    **{n: float(v) for n, v in zip(STAT_NAMES, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(STAT_NAMES, per_rank.mean(0))}}
         # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
@@ -246,7 +254,13 @@ def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
         acc.zero_()
         acc_steps = 0
         tick_time, tick_step = time.perf_counter(), step
+        if stop:
+            if rank == 0:
+                log.info("stop requested: checkpointed at step %d, leaving the loop", step)
+            metrics["stopped"] = True
+            break
 
     if writer is not None:
         writer.close()
+    hooks.end(G, D)
     return metrics
