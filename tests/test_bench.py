@@ -23,12 +23,14 @@ def test_quick_benchmark_prints_every_row(tmp_path):
         # the hand-written reference and distgan train the same networks
         assert re.search(rf"^{model}: parameters G/D plain ([\d,]+)/([\d,]+), distgan \1/\2$", text, re.M), text
         for row in ROWS:
-            assert re.search(rf"^{model}\s+{re.escape(row)}\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\.\.[\d.]+\s+\d+ MB$",
+            assert re.search(rf"^{model}\s+{re.escape(row)}\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\.\.[\d.]+\s+[\d.]+\s+\d+ MB$",
                              text, re.M), f"{model} {row} missing:\n{text}"
         for ratio in ("b/a", "c/b"):
-            assert re.search(rf"^ratio {model}\s+{re.escape(ratio)}: [\d.]+ ", text, re.M), text
+            line = rf"^ratio {model}\s+{re.escape(ratio)}: [\d.]+ wall, [\d.]+ from CPU time "
+            assert re.search(line, text, re.M), text
     assert re.search(r"^startup launch/run.py -> first step: [\d.]+ s median of 1 .* CPU-s; whole command [\d.]+ s",
                      text, re.M), text
     results = json.loads(out.read_text())
-    assert len(results["rows"]) == 6 and all(r["img_s"] > 0 and r["rss_mb"] > 0 for r in results["rows"])
+    assert len(results["rows"]) == 6 and all(r["img_s"] > 0 and r["img_cpu_s"] > 0 and r["rss_mb"] > 0
+                                             for r in results["rows"])
     assert len(results["ratios"]) == 4 and len(results["startup"]) == 1
