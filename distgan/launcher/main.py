@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -84,7 +85,8 @@ def run(dcfg: DictConfig) -> None:
         cause = root_cause(e)
         if isinstance(cause, UserError):
             fail(str(cause))
-        log.exception("training failed")
+        with open(run_dir / "train.log", "a") as f:  # the traceback for the curious, not the terminal
+            traceback.print_exc(file=f)
         text = str(cause).strip().splitlines()
         fail(f"training failed: {type(cause).__name__}: {text[0][:300] if text else ''} "
              f"(details in {run_dir}/train.log; HYDRA_FULL_ERROR=1 for the traceback)", 1)
