@@ -42,7 +42,10 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     if world_size() == 1:
         return module
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, bucket_cap_mb=25, **_NO_BUFFER_SYNC)
+    # gradient_as_bucket_view: gradients live in the all-reduce buckets, no copy in and out per step
+    # (~15 % less CPU per image for 2 CPU workers on mlp, docs/benchmarks.md)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, bucket_cap_mb=25, gradient_as_bucket_view=True,
+                                               **_NO_BUFFER_SYNC)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
