@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from distgan.errors import UserError
 
@@ -24,27 +24,27 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class ClusterConfig:
     name: str = "local"  # local | slurm
     # --- local (and the worker count on slurm CPU nodes) ---
-    num_workers: Optional[int] = None  # DDP workers; null = all GPUs if any, else 2
-    use_gpu: Optional[bool] = None  # null = auto-detect (torch.cuda.is_available())
+    num_workers: int | None = None  # DDP workers; null = all GPUs if any, else 2
+    use_gpu: bool | None = None  # null = auto-detect (torch.cuda.is_available())
     cpus_per_worker: int = 1  # CPU threads per worker (torch.set_num_threads)
     max_failures: int = 0  # worker-group restarts from the last checkpoint (Ray FailureConfig)
     # --- slurm ---
     nodes: int = 1  # SLURM nodes, one task (Ray node) per node
     gpus_per_node: int = 0  # GPUs per node; 0 = CPU nodes
     cpus_per_task: int = 2  # CPUs per node task (the Ray node's CPUs)
-    workers_per_node: Optional[int] = None  # CPU nodes: DDP workers per node; null = cpus_per_task
-    mem_gb: Optional[int] = None  # memory per node in GB; null = site default
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    workers_per_node: int | None = None  # CPU nodes: DDP workers per node; null = cpus_per_task
+    mem_gb: int | None = None  # memory per node in GB; null = site default
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     timeout_min: int = 60  # job time limit, minutes
     setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load …)
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options
     max_requeues: int = 3  # requeues on time limit / preemption
     signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
     wait: bool = False  # follow the job until it ends instead of returning after submission
-    folder: Optional[str] = None  # submitit log folder; null = <run_dir>/slurm
+    folder: str | None = None  # submitit log folder; null = <run_dir>/slurm
 
 
 @dataclass
@@ -62,9 +62,9 @@ class ModelConfig:
 @dataclass
 class DatasetConfig:
     name: str = "fashion_mnist"
-    root: Optional[str] = None  # folder holding the data; null = ~/.cache/distgan/data
+    root: str | None = None  # folder holding the data; null = ~/.cache/distgan/data
     download: bool = False  # let torchvision download when the files are missing
-    image_size: Optional[int] = None  # resize to this many pixels; null = native size
+    image_size: int | None = None  # resize to this many pixels; null = native size
     num_samples: int = 60000  # 2D mixtures: points in the (generated) training set
     num_classes: int = 0  # filled in from the data (labelled image sets); 0 = unlabelled
 
@@ -109,7 +109,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     resume: str = "auto"  # auto | never | PATH to a checkpoint
     run_dir: str = ""  # absolute; filled in by the launcher from hydra.run.dir
-    experiment: Optional[str] = None  # name of the experiment recipe, if any
+    experiment: str | None = None  # name of the experiment recipe, if any
 
 
 _SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")

@@ -14,7 +14,6 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -34,7 +33,7 @@ def default_root() -> str:
 @dataclass
 class Data:
     x: torch.Tensor  # uint8 (N, C, H, W) images, or float (N, 2) points
-    labels: Optional[torch.Tensor]  # int64 (N,) or None
+    labels: torch.Tensor | None  # int64 (N,) or None
     num_classes: int
 
     @property
@@ -52,7 +51,7 @@ class Data:
             return x.contiguous()
         return x.to(device, non_blocking=True)
 
-    def batch_labels(self, idx: torch.Tensor, device: torch.device) -> Optional[torch.Tensor]:
+    def batch_labels(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         return None if self.labels is None else self.labels[idx].to(device, non_blocking=True)
 
     def __len__(self) -> int:

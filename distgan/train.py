@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -36,9 +36,9 @@ log = logging.getLogger("distgan")
 class Hooks:
     """What a backend plugs into the loop. The defaults do nothing (plain processes, tests)."""
 
-    device: Optional[torch.device] = None
+    device: torch.device | None = None
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         """Called on every rank at every log tick and checkpoint, the same number of times."""
 
     def end(self, G: torch.nn.Module, D: torch.nn.Module) -> None:
@@ -75,7 +75,7 @@ def _last_checkpoint(run_dir: Path) -> str:
     return str(found[0]) if found else "none"
 
 
-def _find_resume_state(cfg: Config, device) -> tuple[Optional[dict], str]:
+def _find_resume_state(cfg: Config, device) -> tuple[dict | None, str]:
     """Latest loadable checkpoint of this run, else ``resume=PATH``, else nothing."""
     if cfg.resume == "never":
         return None, ""
@@ -89,7 +89,7 @@ def _find_resume_state(cfg: Config, device) -> tuple[Optional[dict], str]:
     return None, ""
 
 
-def train_worker(cfg: Config, hooks: Optional[Hooks] = None) -> dict[str, Any]:
+def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
     hooks = hooks or Hooks()
     t = cfg.train
     rank, world = dist.rank(), dist.world_size()

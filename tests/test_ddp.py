@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-
 from distgan.config import Config
 from distgan.train import Hooks, train_worker
 from tests import gloo

@@ -10,9 +10,9 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -144,8 +144,8 @@ def read_progress(run_dir: Path, offset: int) -> tuple[list[dict], int]:
     return lines, offset + end
 
 
-def follow(run_dir: Path, total: int, done: Callable[[], bool], status: Optional[Callable[[], str]] = None,
-           poll_s: float = 0.5) -> Optional[dict]:
+def follow(run_dir: Path, total: int, done: Callable[[], bool], status: Callable[[], str] | None = None,
+           poll_s: float = 0.5) -> dict | None:
     """Show a progress bar (step, losses, img/s, ETA) from the run's metrics until ``done()``."""
     from tqdm import tqdm
 
@@ -170,7 +170,7 @@ def follow(run_dir: Path, total: int, done: Callable[[], bool], status: Optional
             time.sleep(poll_s)
 
 
-def summary(run_dir: Path, last: Optional[dict]) -> str:
+def summary(run_dir: Path, last: dict | None) -> str:
     ckpts = checkpoint.list_checkpoints(run_dir / "checkpoints")
     samples = sorted((run_dir / "samples").glob("step_*.png"))
     lines = [f"run directory : {run_dir}"]

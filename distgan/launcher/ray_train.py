@@ -10,7 +10,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from distgan.config import Config, from_dict, to_dict, use_gpu, world_size
 
@@ -127,7 +127,7 @@ def _lean(trainer_cls):
 
 def run_in_thread(target, *args) -> tuple[threading.Thread, dict]:
     """Run ``target(*args)`` in a thread, keeping its exception for the caller."""
-    box: dict[str, Optional[BaseException]] = {"error": None}
+    box: dict[str, BaseException | None] = {"error": None}
 
     def body():
         try:
