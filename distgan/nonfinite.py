@@ -5,7 +5,7 @@ all-reduce: every rank holds the same gradients, so every rank reaches the same 
 phase without an extra collective, and skipping stays consistent (no rank updates while another skips).
 Only on a bad step do the ranks gather their local losses, to name the rank whose loss went bad.
 
-Cost: the gradient norm is one fused pass over the gradients; the verdict is one host read per optimizer
+Cost: a sum over the gradients (one pass); the verdict is one host read per optimizer
 step. On CPU that read is free. On a GPU it is one synchronisation per phase — the same one fp16
 training already pays in ``GradScaler.step`` (which reads ``found_inf`` on the host) — so under fp16 the
 scaler's own skip is used and only its overflow handling applies here.
@@ -24,13 +24,11 @@ class NonFiniteError(RuntimeError):
     """Training produced NaN or Inf and ``train.skip_nonfinite`` is off."""
 
 
-def _grad_norm(opt: torch.optim.Optimizer) -> torch.Tensor:
-    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one foreach kernel
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+def _grad_sum(opt: torch.optim.Optimizer) -> torch.Tensor:
+    """Sum of every gradient element: NaN or ±Inf if any element is (a norm would square them first and
+    overflow sooner, at ~6x the cost; docs/benchmarks.md)."""
+    grads = [p.grad.detach().sum() for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    return torch.stack(grads).sum() if grads else torch.zeros(())
 
 
 class NonFiniteGuard:
@@ -45,8 +43,7 @@ class NonFiniteGuard:
     def ok(self, phase: str, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
         if not self.enabled:
             return True
-        norm = _grad_norm(opt)
-        if bool(torch.isfinite(norm)):  # the one host read
+        if bool(torch.isfinite(_grad_sum(opt))):  # the one host read
             return True
         # every rank is here (same all-reduced gradients): gather whose own loss was bad
         local = (~torch.isfinite(loss.detach())).float().reshape(1)
