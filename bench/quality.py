@@ -119,12 +119,13 @@ def bench_2d(dataset: str, seeds: list[int], extra: list[str]) -> None:
     print(f"all modes in {sum(r['modes'] == n_modes for r in rows)}/{len(seeds)} seeds\n", flush=True)
 
 
-def bench_images(seconds: float, models: list[str], extra: list[str]) -> None:
+def bench_images(seconds: float, models: list[str], extra: list[str], dcgan_extra: list[str] = ()) -> None:
     results = {}
     for model in models:
         with tempfile.TemporaryDirectory() as run_dir:
             overrides = [f"model={model}", "train.steps=100000000", "train.log_every=100",
-                         "train.checkpoint_every=100", "train.sample_every=100000000", *extra]
+                         "train.checkpoint_every=100", "train.sample_every=100000000", *extra,
+                         *(dcgan_extra if model == "dcgan" else ())]
             last, wall, cpu = train(overrides, run_dir, seconds)
             scores, evaluator, state = score(run_dir)
         results[model] = {**scores, "steps": state["step"], "wall s": wall, "CPU s": cpu}
@@ -150,6 +151,8 @@ def main() -> None:
     p.add_argument("--image-seconds", type=float, default=180, help="training CPU seconds per image model")
     p.add_argument("--models", default="dcgan,mlp", help="image models to compare")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the training process")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the model=dcgan image run only (repeatable); the MLP keeps its defaults")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = p.parse_args()
     register_schema()
@@ -159,7 +162,7 @@ def main() -> None:
         for dataset in args.datasets.split(","):
             bench_2d(dataset, list(range(args.first_seed, args.first_seed + args.seeds)), extra)
     if not args.no_images:
-        bench_images(args.image_seconds, args.models.split(","), extra)
+        bench_images(args.image_seconds, args.models.split(","), extra, args.override)
 
 
 if __name__ == "__main__":

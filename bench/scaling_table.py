@@ -53,6 +53,7 @@ class OpCounter(TorchDispatchMode):
 
 def model_config(name: str) -> ModelConfig:
     yaml = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    yaml = yaml.get("model", yaml)  # dcgan.yaml is a global-package file (model: and train: blocks)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml))
 
 

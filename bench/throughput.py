@@ -113,7 +113,11 @@ def distgan_config(model: str, root: str, batch: int, workers: int, threads: int
     overrides = [f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}", "resume=never",
                  f"cluster.num_workers={workers}", f"cluster.cpus_per_worker={threads}",
                  f"train.batch_size={batch}", f"train.steps={steps}", f"train.log_every={tick}",
-                 f"train.sample_every={steps}", f"train.checkpoint_every={steps}", *extra]
+                 f"train.sample_every={steps}", f"train.checkpoint_every={steps}",
+                 # dcgan: the network of plain_models (width 64, no norm in D, no G_ema), not the default
+                 # model's width-16 recipe, so that (a) and (b) train the same networks
+                 *(("model.width=64", "model.norm_d=none", "train.ema_kimg=0") if model == "dcgan" else ()),
+                 *extra]
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     return validate(common.to_config(cfg, run_dir))
