@@ -99,7 +99,8 @@ class SlurmJob(submitit.helpers.Checkpointable):
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:
         """Stop this task's Ray processes: SIGTERM to its process group, then SIGKILL."""
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        # Ray drains for up to 30 s on SIGTERM; training is over and saved, so 5 s is plenty
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
