@@ -20,24 +20,25 @@ def render(x: torch.Tensor, dataset: str, nrow: int | None = None) -> torch.Tens
     return render_points(x, dataset)
 
 
-def render_points(points: torch.Tensor, dataset: str, size: int = 256) -> torch.Tensor:
-    """White canvas, true modes as grey rings, generated points as dark dots."""
+def render_points(points: torch.Tensor, dataset: str, size: int = 320) -> torch.Tensor:
+    """White canvas, the true modes as grey squares (about 3σ wide), generated points as blue dots."""
     modes, _ = mixture_modes(dataset) if dataset in ("ring", "grid") else (torch.zeros(0, 2), 0)
     extent = 1.5 if dataset == "ring" else 6.0
     img = torch.ones(3, size, size)
 
-    def to_px(p: torch.Tensor) -> torch.Tensor:
-        return ((p + extent) / (2 * extent) * (size - 1)).round().long()
+    def to_px(p: torch.Tensor) -> torch.Tensor:  # (x, y) -> (column, row), y up
+        px = ((p + extent) / (2 * extent) * (size - 1)).round().long()
+        return torch.stack([px[:, 0], size - 1 - px[:, 1]], 1)
 
-    for m in to_px(modes):  # a small grey square around each true mode
-        x0, y0 = m.tolist()
-        img[:, max(size - 1 - y0 - 3, 0):size - y0 + 3, max(x0 - 3, 0):x0 + 4] = 0.8
+    for col, row in to_px(modes).tolist():
+        img[:, max(row - 4, 0):row + 5, max(col - 4, 0):col + 5] = 0.85
     px = to_px(points)
-    keep = ((px >= 0) & (px < size)).all(1)
-    px = px[keep]
-    img[0, size - 1 - px[:, 1], px[:, 0]] = 0.1
-    img[1, size - 1 - px[:, 1], px[:, 0]] = 0.2
-    img[2, size - 1 - px[:, 1], px[:, 0]] = 0.6
+    for dc in (-1, 0, 1):  # 3x3 dots: single pixels vanish at this scale
+        for dr in (-1, 0, 1):
+            q = px + torch.tensor([dc, dr])
+            q = q[((q >= 0) & (q < size)).all(1)]
+            for channel, value in enumerate((0.1, 0.25, 0.7)):
+                img[channel, q[:, 1], q[:, 0]] = value
     return img
 
 
