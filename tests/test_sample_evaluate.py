@@ -85,7 +85,7 @@ def test_sample_npy_and_png_from_a_2d_checkpoint(ring_run, tmp_path, capsys, mon
     assert code == 0, err
     from PIL import Image
 
-    assert Image.open(tmp_path / "grid.png").size == (256, 256)
+    assert Image.open(tmp_path / "grid.png").size == (320, 320)  # samples.render_points canvas
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "s.npy"]  # nothing else written
 
 
