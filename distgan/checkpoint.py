@@ -172,3 +172,14 @@ def load_latest(root: str | Path, map_location: str | torch.device = "cpu", veri
         except UserError as e:
             skipped.append(str(e))
     return None, None, skipped
+
+
+def check_architecture(module: torch.nn.Module, state_dict: dict[str, Any], what: str, source: str) -> None:
+    """A clear UserError, instead of load_state_dict's shape traceback, when ``state_dict`` was saved from
+    another architecture than ``module`` (other model, width, latent size, data shape or classes)."""
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if mine != theirs:
+        raise UserError(f"checkpoint {source} holds a different {what} architecture than this config "
+                        "(check model=, model.width, model.latent_dim and dataset); use resume=never, "
+                        "a new run directory or the checkpoint's model settings")

@@ -20,7 +20,6 @@ import torch
 from distgan import checkpoint, dist
 from distgan.config import Config, to_dict
 from distgan.data import ShardedSampler, counter_generator, load
-from distgan.errors import UserError
 from distgan.losses import build_loss
 from distgan.metrics import Evaluator
 from distgan.models import build_models
@@ -59,15 +58,6 @@ def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
         p_ema.lerp_(p.detach(), 1 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)
-
-
-def _architecture_check(module: torch.nn.Module, state: dict, what: str, source: str) -> None:
-    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in state.items()}
-    if mine != theirs:
-        raise UserError(f"checkpoint {source} holds a different {what} architecture than this config "
-                        "(check model=, model.width, model.latent_dim and dataset); use resume=never or "
-                        "a new run directory")
 
 
 def _last_checkpoint(run_dir: Path) -> str:
@@ -118,8 +108,8 @@ def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
     step = 0
     state, source = _find_resume_state(cfg, device)
     if state is not None:
-        _architecture_check(G, state["G"], "generator", source)
-        _architecture_check(D, state["D"], "discriminator", source)
+        checkpoint.check_architecture(G, state["G"], "generator", source)
+        checkpoint.check_architecture(D, state["D"], "discriminator", source)
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         opt_g.load_state_dict(state["opt_G"])

@@ -98,18 +98,13 @@ def _check_run_checkpoints(run_dir: Path) -> None:
 
 def _check_resume_checkpoint(cfg: Config) -> None:
     """``resume=PATH``: the checkpoint must load and match this config's architecture."""
-    import torch
-
     from distgan.models import build_models
 
     state = checkpoint.load(cfg.resume)
-    G, D = build_models(cfg.model, tuple(state.get("data_shape", ())))
-    for name, module in (("G", G), ("D", D)):
-        want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state[name].items() if isinstance(v, torch.Tensor)}
-        if want != got:
-            raise UserError(f"checkpoint {cfg.resume} was trained with another architecture than "
-                            f"model={cfg.model.name} (width {cfg.model.width}); match its model settings")
+    num_classes = int(state.get("num_classes") or 0) if cfg.model.conditional else 0
+    G, D = build_models(cfg.model, tuple(state.get("data_shape", ())), num_classes)
+    checkpoint.check_architecture(G, state["G"], "generator", cfg.resume)
+    checkpoint.check_architecture(D, state["D"], "discriminator", cfg.resume)
 
 
 def prepare_run_dir(cfg: Config) -> Path:
