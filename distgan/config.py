@@ -18,6 +18,7 @@ DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "image_folder", "ring", "g
 LOSS_NAMES = ("bce", "hinge", "wgan_gp", "lsgan")
 CLUSTER_NAMES = ("local", "slurm")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_DECAYS = ("none", "linear", "cosine")
 
 
 @dataclass
@@ -85,6 +86,8 @@ class TrainConfig:
     lr_d: float = 2e-4
     beta1: float = 0.5  # Adam betas
     beta2: float = 0.999
+    lr_decay: str = "none"  # none | linear | cosine: both learning rates fall to 0 at train.steps
+    lr_decay_start: float = 0.0  # fraction of train.steps run at the full rate before the decay begins
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     compile: bool = False  # torch.compile G (and D unless a gradient penalty needs double backward); CUDA only
     ema_kimg: float = 0.0  # G_ema half-life in thousands of images; 0 = no EMA
@@ -129,6 +132,7 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
         ("dataset", cfg.dataset.name, DATASET_NAMES),
         ("loss", cfg.loss.name, LOSS_NAMES),
         ("train.precision", t.precision, PRECISIONS),
+        ("train.lr_decay", t.lr_decay, LR_DECAYS),
     ):
         if value not in allowed:
             raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
@@ -140,6 +144,8 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
     for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples"):
         if getattr(t, name) < 0:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
+    if not 0.0 <= t.lr_decay_start < 1.0:
+        raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
     _positive("model.latent_dim", cfg.model.latent_dim)
     _positive("model.width", cfg.model.width)
     for name in ("norm_g", "norm_d"):

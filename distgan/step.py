@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,6 +71,24 @@ def build_optimizers(G: nn.Module, D: nn.Module, t: TrainConfig):
     opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=_fusable(G))
     opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d * c, betas=(t.beta1**c, t.beta2**c), fused=_fusable(D))
     return opt_g, opt_d
+
+
+def lr_factor(t: TrainConfig, step: int) -> float:
+    """Multiplier of both learning rates for G step ``step`` (0-based): 1 until ``lr_decay_start`` x
+    ``steps``, then a linear or half-cosine fall that would reach 0 at ``steps``. A pure function of the
+    step, so it is the same on every rank and after a resume."""
+    if t.lr_decay == "none":
+        return 1.0
+    start = t.lr_decay_start * t.steps
+    frac = min(max((step - start) / max(t.steps - start, 1), 0.0), 1.0)
+    return 1.0 - frac if t.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def build_schedulers(opt_g, opt_d, t: TrainConfig, first_step: int = 0) -> list:
+    """torch's LambdaLR over :func:`lr_factor`, stepped once per G step (after the n_critic D steps).
+    Built after a resume with ``first_step`` = the resumed step: the factor depends on the step alone,
+    so nothing about the schedule needs saving (the optimizers' state keeps the base rates)."""
+    return [torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(t, first_step + k)) for opt in (opt_g, opt_d)]
 
 
 def _fusable(net: nn.Module) -> bool:

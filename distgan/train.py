@@ -25,7 +25,7 @@ from distgan.metrics import Evaluator
 from distgan.models import build_models
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
 from distgan.samples import class_rows, render, save_png
-from distgan.step import GANStep, accelerate, autocast, build_optimizers, call
+from distgan.step import GANStep, accelerate, autocast, build_optimizers, build_schedulers, call
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]
 STOP_FILE = "STOP"  # in the run directory: checkpoint at the next log tick and return
@@ -122,6 +122,7 @@ def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
         if rank == 0:
             log.info("resumed from %s at step %d", source, step)
 
+    schedulers = build_schedulers(opt_g, opt_d, t, first_step=step)
     loss = build_loss(cfg.loss)
     channels_last = accelerate(G, D, cfg, device, penalty=loss.needs_gradient_penalty or t.r1_gamma > 0)
     G_ddp, D_ddp = dist.wrap(G, device), dist.wrap(D, device)
@@ -184,6 +185,8 @@ def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
         skipped_before = gan.guard.skipped
         d, loss_g = gan.train_step(step, real_batch)  # n_critic D steps (+ lazy R1), one G step
         step += 1
+        for sched in schedulers:
+            sched.step()
         if G_ema is not None:
             ema_update(G_ema, G, ema_beta(cfg, t.batch_size, step * t.batch_size))
         stats = torch.stack([d.loss_d, loss_g, d.d_real, d.d_fake])

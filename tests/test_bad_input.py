@@ -70,6 +70,8 @@ ROWS = [
     ("bad-precision", ["train.precision=fp8"]),
     ("zero-steps", ["train.steps=0"]),
     ("negative-lr", ["train.lr_d=-1e-4"]),
+    ("unknown-lr-decay", ["train.lr_decay=step"]),
+    ("lr-decay-start-not-a-fraction", ["train.lr_decay_start=1.5"]),
     ("zero-batch", ["train.batch_size=0"]),
     ("batch-not-divisible", ["train.batch_size=63", "cluster.num_workers=2"]),
     ("more-gpus-than-present", ["cluster.use_gpu=true"]),

@@ -166,6 +166,34 @@ def test_lazy_r1_adam_correction():
     assert opt_plain.param_groups[0]["lr"] == pytest.approx(2e-3)
 
 
+# --------------------------------------------------------------------------------- lr schedule
+def test_lr_decay_follows_its_formula():
+    from distgan.step import build_schedulers, lr_factor
+
+    assert [lr_factor(TrainConfig(steps=10), k) for k in (0, 5, 10)] == [1.0, 1.0, 1.0]
+    lin = TrainConfig(steps=10, lr_decay="linear", lr_decay_start=0.5)
+    assert [lr_factor(lin, k) for k in (0, 5, 6, 9, 10)] == pytest.approx([1, 1, 0.8, 0.2, 0])
+    cos = TrainConfig(steps=100, lr_decay="cosine")
+    assert [lr_factor(cos, k) for k in (0, 50, 100)] == pytest.approx([1, 0.5, 0])
+    assert lr_factor(cos, 25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    # the optimizers follow it, the lazy-R1 correction of D's rate included, and a scheduler built
+    # for a resumed run starts where the first one was
+    G, D = nn.Linear(2, 2), nn.Linear(2, 2)
+    t = TrainConfig(steps=10, lr_g=1e-3, lr_d=2e-3, lr_decay="linear", r1_gamma=1.0, r1_interval=16)
+    opt_g, opt_d = build_optimizers(G, D, t)
+    seen = []
+    for sched in [build_schedulers(opt_g, opt_d, t)] * 7:
+        seen += [opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]]
+        for opt, s in zip((opt_g, opt_d), sched):
+            opt.step()
+            s.step()
+    assert seen == pytest.approx([r * (1 - k / 10) for k in range(7) for r in (1e-3, 2e-3 * 16 / 17)])
+    opt_g2, opt_d2 = build_optimizers(G, D, t)
+    opt_g2.load_state_dict(opt_g.state_dict())
+    build_schedulers(opt_g2, opt_d2, t, first_step=7)
+    assert opt_g2.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.3)
+
+
 # ------------------------------------------------------------------------------------------ EMA
 def test_ema_beta_is_a_half_life_in_images_with_ramp_up():
     cfg = Config()

@@ -97,6 +97,38 @@ def test_every_torch_load_is_weights_only():
     assert calls, "no torch.load found at all: the pattern is wrong"
 
 
+# ------------------------------------------------------------------------------------ resume
+class _StopAt(Exception):
+    pass
+
+
+def test_resume_continues_the_lr_schedule_exactly(tmp_path):
+    """A run stopped at a checkpoint and resumed ends with the same weights and learning rate as one
+    that ran straight through: the decay is a function of the step, not of the process."""
+    from distgan.train import Hooks, train_worker
+
+    class StopAfter(Hooks):
+        def report(self, metrics, checkpoint_dir):
+            if metrics["step"] == 10:
+                raise _StopAt
+
+    decay = dict(lr_decay="linear", lr_decay_start=0.25)
+    train_worker(tiny_config(tmp_path / "straight", **decay))
+    with pytest.raises(_StopAt):
+        train_worker(tiny_config(tmp_path / "resumed", **decay), StopAfter())
+    train_worker(tiny_config(tmp_path / "resumed", **decay))  # resume=auto picks up step 10
+    a, b = (checkpoint.load(tmp_path / run / "checkpoints") for run in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 20
+    for net in ("G", "D", "G_ema"):
+        if a[net] is not None:
+            for name in a[net]:
+                torch.testing.assert_close(a[net][name], b[net][name], rtol=0, atol=0, msg=f"{net}.{name}")
+    # the rate saved with a checkpoint is the next step's: 1 - (10 - 5) / 15 at step 10, 0 at the end
+    lr = [checkpoint.load(tmp_path / "resumed" / "checkpoints" / f"step_{k:07d}")["opt_G"]["param_groups"][0]["lr"]
+          for k in (10, 20)]
+    assert lr == pytest.approx([1e-3 * 2 / 3, 0.0])
+
+
 # ------------------------------------------------------------------------------------------ NaNs
 def _train_with_nan_on_rank1(run_dir: str, skip: bool):
     """Every rank trains; rank 1's real batch of step 13 is NaN. Returns (outcome, message or metrics)."""
