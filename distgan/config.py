@@ -19,6 +19,7 @@ LOSS_NAMES = ("bce", "hinge", "wgan_gp", "lsgan")
 CLUSTER_NAMES = ("local", "slurm")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_DECAYS = ("none", "linear", "cosine")
+G_ACTIVATIONS = ("leaky_relu", "relu")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class ModelConfig:
     latent_dim: int = 64  # size of z
     width: int = 64  # base channel count (conv) / unit multiplier (mlp)
     dropout: float = 0.0  # D dropout (mlp only)
+    activation_g: str = "leaky_relu"  # mlp G's hidden activation: leaky_relu (the blog post's) | relu
     norm_g: str = "batch"  # G normalisation: batch | none
     norm_d: str = "none"  # D normalisation: batch | none
     spectral_norm: bool = False  # spectral normalisation on every D layer
@@ -151,6 +153,11 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
     for name in ("norm_g", "norm_d"):
         if getattr(cfg.model, name) not in ("batch", "none"):
             raise UserError(f"model.{name} must be 'batch' or 'none', got {getattr(cfg.model, name)!r}")
+    if cfg.model.activation_g not in G_ACTIVATIONS:
+        raise UserError(f"unknown model.activation_g {cfg.model.activation_g!r}; choose one of: "
+                        f"{', '.join(G_ACTIVATIONS)}")
+    if cfg.model.activation_g != "leaky_relu" and cfg.model.name != "mlp":
+        raise UserError(f"model.activation_g applies to model=mlp; the {cfg.model.name} generator always uses ReLU")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout!r}")
     if cfg.dataset.image_size is not None and cfg.dataset.image_size not in (28, 32, 64):

@@ -71,6 +71,8 @@ ROWS = [
     ("zero-steps", ["train.steps=0"]),
     ("negative-lr", ["train.lr_d=-1e-4"]),
     ("unknown-lr-decay", ["train.lr_decay=step"]),
+    ("unknown-g-activation", ["model=mlp", "model.activation_g=gelu"]),
+    ("g-activation-not-mlp", ["model=dcgan", "model.activation_g=relu"]),
     ("lr-decay-start-not-a-fraction", ["train.lr_decay_start=1.5"]),
     ("zero-batch", ["train.batch_size=0"]),
     ("batch-not-divisible", ["train.batch_size=63", "cluster.num_workers=2"]),

@@ -27,9 +27,9 @@ PROMISES = {
     "resnet_r1": {"model.name": "resnet", "loss.name": "bce", "train.r1_gamma": 10.0, "train.r1_interval": 16},
     "sngan_projection": {"model.name": "resnet", "model.conditional": True, "model.spectral_norm": True,
                          "loss.name": "hinge", "train.n_critic": 5},
-    # the 2D mode-collapse protocol (docs/evaluation.md): small MLPs, G_ema, light lazy R1
-    "grid_mlp": {"model.name": "mlp", "dataset.name": "grid", "train.r1_gamma": 0.1},
-    "ring_mlp": {"model.name": "mlp", "dataset.name": "ring"},
+    # the 2D mode-collapse protocol (docs/evaluation.md): small MLPs, ReLU in G, cosine decay, light lazy R1
+    **{f"{ds}_mlp": {"model.name": "mlp", "dataset.name": ds, "model.activation_g": "relu", "train.r1_gamma": 0.1,
+                     "train.lr_decay": "cosine", "train.lr_decay_start": 0.5} for ds in ("grid", "ring")},
 }
 TINY = ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.sample_every=2",
         "train.checkpoint_every=2", "train.num_sample_images=10", "model.width=4", "model.latent_dim=8",

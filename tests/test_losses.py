@@ -220,6 +220,26 @@ def test_ema_update_follows_its_formula():
 
 
 # --------------------------------------------------------------------------------------- models
+def test_mlp_generator_activation():
+    def activations(net):
+        return {type(m).__name__ for m in net.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))}
+
+    G, D = build_models(ModelConfig(name="mlp", width=2, latent_dim=2), (2,))
+    assert activations(G) == activations(D) == {"LeakyReLU"}  # the blog post's MLP
+    G_relu, D = build_models(ModelConfig(name="mlp", width=2, latent_dim=2, activation_g="relu"), (2,))
+    assert activations(G_relu) == {"ReLU"} and activations(D) == {"LeakyReLU"}  # D keeps LeakyReLU
+    G_relu.load_state_dict(G.state_dict())  # same parameters: only the nonlinearity differs
+    z = -torch.ones(1, 2)
+    with torch.no_grad():
+        G.net[0].weight.fill_(1.0)
+        G.net[0].bias.zero_()
+        G_relu.net[0].weight.fill_(1.0)
+        G_relu.net[0].bias.zero_()
+    # negative pre-activations: ReLU gives exactly 0, LeakyReLU 0.2 x
+    assert torch.equal(G_relu.net[:2](z), torch.zeros(1, 8))
+    assert torch.allclose(G.net[:2](z), torch.full((1, 8), -0.4))
+
+
 @pytest.mark.parametrize("name", ["dcgan", "resnet"])
 @pytest.mark.parametrize("size", [28, 32, 64])
 def test_conv_models_cover_every_image_size(name, size):
