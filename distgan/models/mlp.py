@@ -65,4 +65,5 @@ class MLPDiscriminator(nn.Module):
 
 
 def build_mlp(cfg: ModelConfig, shape: tuple[int, ...]):
-    return MLPGenerator(cfg.latent_dim, shape, cfg.width, cfg.activation_g), MLPDiscriminator(shape, cfg.width, cfg.dropout)
+    return (MLPGenerator(cfg.latent_dim, shape, cfg.width, cfg.activation_g),
+            MLPDiscriminator(shape, cfg.width, cfg.dropout))
