@@ -48,21 +48,7 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
     """Write ``state`` as ``root/step_XXXXXXX`` atomically, point ``latest`` at it, keep the newest
     ``keep`` checkpoints (and any named ``best``)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    _remove_stale_tmp(root)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE)
-    _fsync(tmp / STATE)
-    meta = {"step": step, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
-    (tmp / META).write_text(json.dumps(meta))
-    _fsync(tmp / META)
-    old = root / f".tmp-old-{final.name}-{os.getpid()}"
-    if final.exists():  # the same step saved again after a restart: move it aside, never delete it first
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    final = _write_folder(root, f"step_{step:07d}", state, {"step": step})
     link = root / f".{LATEST}.{os.getpid()}"
     if link.is_symlink() or link.exists():
         link.unlink()
@@ -76,19 +62,25 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
 def save_best(root: str | Path, step: int, state: dict[str, Any], scores: dict[str, float]) -> Path:
     """Write ``state`` as ``root/best`` (its ``meta.json`` also holds the ``scores``), replacing the
     previous best. A real folder, not a link: retention deletes ``step_*`` folders and never ``best``."""
-    root = Path(root)
+    return _write_folder(Path(root), BEST, state, {"step": step, "scores": scores})
+
+
+def _write_folder(root: Path, name: str, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """``state`` and ``meta`` (plus the state file's sha256 and size) as ``root/name``: written into a
+    hidden temporary folder, fsynced, then renamed into place. An existing ``root/name`` (the same step
+    saved again after a restart, or the previous best) is moved aside first — a folder cannot be
+    replaced in one rename — and deleted only once the new one is in place."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{BEST}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_tmp(root)
+    final = root / name
+    tmp, old = root / f".tmp-{name}-{os.getpid()}", root / f".tmp-old-{name}-{os.getpid()}"
     tmp.mkdir()
     torch.save(state, tmp / STATE)
     _fsync(tmp / STATE)
-    meta = {"step": step, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size,
-            "scores": scores}
+    meta = {**meta, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
     (tmp / META).write_text(json.dumps(meta))
     _fsync(tmp / META)
-    final, old = root / BEST, root / f".old-{BEST}-{os.getpid()}"
-    if final.exists():  # a directory cannot be replaced in one rename: move the old one aside first
+    if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)

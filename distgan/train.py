@@ -207,10 +207,9 @@ def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
         bad = dist.all_gather_rows(nonfinite.reshape(1).float()).flatten()
         if bad.any():
             bad_rank = int(bad.nonzero()[0])
-            last_good = checkpoint.list_checkpoints(run_dir / "checkpoints")
             raise NonFiniteError(
                 f"non-finite loss at or before step {step} on rank {bad_rank}; last good checkpoint: "
-                f"{last_good[0] if last_good else 'none'}. Lower train.lr_d/lr_g or use train.precision=fp32")
+                f"{_last_checkpoint(run_dir)}. Lower train.lr_d/lr_g or use train.precision=fp32")
         per_rank = dist.all_gather_rows(acc / max(acc_steps, 1)).cpu()
         now = time.perf_counter()
         img_per_sec = (step - tick_step) * t.batch_size * t.n_critic / max(now - tick_time, 1e-9)
