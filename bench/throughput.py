@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,12 +29,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests import gloo  # noqa: E402 - the gloo process runner the DDP tests use
+
 CASES = ("plain", "distgan-1", "distgan-2")
 LABELS = {"plain": "(a) plain PyTorch", "distgan-1": "(b) distgan, 1 worker", "distgan-2": "(c) distgan, 2 workers"}
 
@@ -158,49 +158,14 @@ def _count(*modules: nn.Module) -> list[int]:
     return [sum(p.numel() for p in m.parameters()) for m in modules]
 
 
-def _entry(rank: int, world: int, port: int, fn, args, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    import torch.distributed as dist
-
-    try:
-        if world > 1:
-            dist.init_process_group("gloo", rank=rank, world_size=world)
-        queue.put((rank, fn(*args), None))
-    except BaseException as e:  # noqa: BLE001 - reported by the parent
-        queue.put((rank, None, f"{type(e).__name__}: {e}"))
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def in_processes(fn, args, world: int, timeout: float, inline: bool = False) -> list[dict]:
-    """``fn(*args)`` in ``world`` fresh processes (a gloo group when world > 1), in rank order.
-    ``inline``: one worker runs in this process (``--quick``: saves a torch start-up; RSS then means little)."""
+    """``fn(*args)`` in ``world`` fresh processes (a gloo group when world > 1), in rank order, forked
+    from one process that imported torch once (tests/gloo.py). ``inline``: one worker runs in this
+    process (``--quick``: saves a torch start-up; RSS then means little)."""
     if inline and world == 1:
         return [fn(*args)]
-    ctx = mp.get_context("forkserver")  # fresh processes, forked from one that imported torch once
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "distgan.train", "torchvision"])
-    queue = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in range(world):
-            rank, value, error = queue.get(timeout=timeout)
-            if error:
-                raise RuntimeError(f"rank {rank} failed: {error}")
-            results[rank] = value
-    finally:
-        for p in procs:
-            p.join(timeout=30 if len(results) == world else 0)  # on an error or a signal: stop them now
-            if p.is_alive():
-                p.kill()
-    return [results[r] for r in range(world)]
+    return gloo.run(fn, world, *args, timeout=timeout, start_method="forkserver",
+                    preload=("torch", "torch._dynamo", "distgan.train", "torchvision"))
 
 
 def steady_rate(times: list[float], warm: int, measure: int, images_per_tick: int) -> float:
