@@ -87,7 +87,10 @@ def lr_factor(t: TrainConfig, step: int) -> float:
 def build_schedulers(opt_g, opt_d, t: TrainConfig, first_step: int = 0) -> list:
     """torch's LambdaLR over :func:`lr_factor`, stepped once per G step (after the n_critic D steps).
     Built after a resume with ``first_step`` = the resumed step: the factor depends on the step alone,
-    so nothing about the schedule needs saving (the optimizers' state keeps the base rates)."""
+    so nothing about the schedule needs saving (the optimizers' state keeps the base rates). None at all
+    without a decay: the loop then leaves the rates alone."""
+    if t.lr_decay == "none":
+        return []
     return [torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(t, first_step + k)) for opt in (opt_g, opt_d)]
 
 
