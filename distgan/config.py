@@ -206,12 +206,16 @@ def use_gpu(cfg: Config, cuda_devices: int) -> bool:
     return bool(cuda_devices) if c.use_gpu is None else bool(c.use_gpu)
 
 
+def workers_per_node(c: ClusterConfig) -> int:
+    """DDP workers on each SLURM node: one per GPU, else ``workers_per_node``, else one per task CPU."""
+    return c.gpus_per_node or c.workers_per_node or c.cpus_per_task
+
+
 def world_size(cfg: Config, *, cuda_devices: int = 0) -> int:
     """Number of DDP workers this config asks for."""
     c = cfg.cluster
     if c.name == "slurm":
-        per_node = c.gpus_per_node or c.workers_per_node or c.cpus_per_task
-        return c.nodes * per_node
+        return c.nodes * workers_per_node(c)
     if c.num_workers is not None:
         return c.num_workers
     return cuda_devices if use_gpu(cfg, cuda_devices) and cuda_devices else 2

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import submitit
 
-from distgan.config import Config
+from distgan.config import Config, workers_per_node
 from distgan.launcher.ray_train import secure_ray_env
 from distgan.train import STOP_FILE
 
@@ -85,9 +85,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         ray = str(Path(sys.executable).with_name("ray"))
         logfile = open(self.run_dir / "slurm" / f"ray-{name}-{self._attempt()}.log", "ab")
         c = self.cfg.cluster
-        resources = ["--num-cpus", str(c.gpus_per_node * c.cpus_per_worker if c.gpus_per_node
-                                       else (c.workers_per_node or c.cpus_per_task) * c.cpus_per_worker),
-                     "--num-gpus", str(c.gpus_per_node)]
+        resources = ["--num-cpus", str(workers_per_node(c) * c.cpus_per_worker), "--num-gpus", str(c.gpus_per_node)]
         # every port explicit and free: several Ray nodes may share one host (as on the test cluster)
         ports = ["--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
                  "--metrics-export-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
