@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +24,9 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distgan.config import ModelConfig  # noqa: E402
-from distgan.models import build_models  # noqa: E402
+from distgan.config import ModelConfig
+from distgan.launcher.compose import CONFIG_DIR
+from distgan.models import build_models
 
 # (model, image size, channels): Fashion-MNIST at 28 px, CIFAR-10 at 32, a 64 px RGB set
 CASES = [("mlp", 28, 1), ("dcgan", 28, 1), ("dcgan", 32, 3), ("dcgan", 64, 3), ("resnet", 32, 3), ("resnet", 64, 3)]
@@ -52,8 +48,7 @@ class OpCounter(TorchDispatchMode):
 
 
 def model_config(name: str) -> ModelConfig:
-    yaml = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
-    yaml = yaml.get("model", yaml)  # dcgan.yaml is a global-package file (model: and train: blocks)
+    yaml = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml))
 
 

@@ -21,9 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from throughput import distgan_config, in_processes, steady_rate  # noqa: E402
+from throughput import distgan_config, in_processes, steady_rate  # bench/throughput.py, beside this file
 
 VARIANTS = {"fp32": ("train.precision=fp32",), "bf16": ("train.precision=bf16",),
             "bf16+compile": ("train.precision=bf16", "train.compile=true")}

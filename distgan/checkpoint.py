@@ -89,10 +89,7 @@ def _write_folder(root: Path, name: str, state: dict[str, Any], meta: dict[str, 
 
 def best_scores(root: str | Path) -> dict[str, float] | None:
     """The scores recorded with ``root/best`` (to continue the comparison after a resume), if any."""
-    try:
-        return json.loads((Path(root) / BEST / META).read_text()).get("scores")
-    except (OSError, ValueError):
-        return None
+    return read_meta(Path(root) / BEST).get("scores")
 
 
 def _remove_stale_tmp(root: Path) -> None:
@@ -108,6 +105,20 @@ def list_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = [p for p in root.glob("step_*") if p.is_dir() and (p / META).exists()]
     return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def newest(root: str | Path) -> str:
+    """The newest finished checkpoint under ``root`` as a string for messages ("none" if there is none)."""
+    found = list_checkpoints(root)
+    return str(found[0]) if found else "none"
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint folder's meta.json (step, sha256, bytes; scores for best), {} if unreadable."""
+    try:
+        return json.loads((Path(folder) / META).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def resolve(path: str | Path) -> Path:

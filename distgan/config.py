@@ -1,25 +1,23 @@
 """Typed configuration: the schema Hydra's YAML is merged into, and its validation.
 
-Workers receive a plain :class:`Config` dataclass, never a ``DictConfig``. Every check that can fail
-on bad user input lives in :func:`validate`, which the launcher calls before any worker or job starts.
+Workers receive a plain :class:`Config` dataclass, never a ``DictConfig``. :func:`validate`, which the
+launcher calls before any worker or job starts, checks the settings every run shares here and hands the
+rest to their owners: the cluster backend (distgan/launcher/backends.py), the dataset and the model
+registries (distgan/data, distgan/models) and the loss registry (distgan/losses.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from distgan.errors import UserError
 
-MODEL_NAMES = ("mlp", "dcgan", "resnet")
-DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "image_folder", "ring", "grid")
-LOSS_NAMES = ("bce", "hinge", "wgan_gp", "lsgan")
-CLUSTER_NAMES = ("local", "slurm")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_DECAYS = ("none", "linear", "cosine")
 G_ACTIVATIONS = ("leaky_relu", "relu")
+NORMS = ("batch", "none")
 
 
 @dataclass
@@ -34,7 +32,7 @@ class ClusterConfig:
     nodes: int = 1  # SLURM nodes, one task (Ray node) per node
     gpus_per_node: int = 0  # GPUs per node; 0 = CPU nodes
     cpus_per_task: int = 2  # CPUs per node task (the Ray node's CPUs)
-    workers_per_node: int | None = None  # CPU nodes: DDP workers per node; null = cpus_per_task
+    workers_per_node: int = 1  # CPU nodes: DDP workers per node (GPU nodes: one per GPU)
     mem_gb: int | None = None  # memory per node in GB; null = site default
     partition: str | None = None
     account: str | None = None
@@ -117,108 +115,62 @@ class Config:
     experiment: str | None = None  # name of the experiment recipe, if any
 
 
-_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
-
-
 def _positive(name: str, value: float) -> None:
     if value is None or value <= 0:
         raise UserError(f"{name} must be positive, got {value!r}")
 
 
-def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
-    """Raise :class:`UserError` with a one-line fix for the first invalid setting."""
-    c, t = cfg.cluster, cfg.train
-    for name, value, allowed in (
-        ("cluster", c.name, CLUSTER_NAMES),
-        ("model", cfg.model.name, MODEL_NAMES),
-        ("dataset", cfg.dataset.name, DATASET_NAMES),
-        ("loss", cfg.loss.name, LOSS_NAMES),
-        ("train.precision", t.precision, PRECISIONS),
-        ("train.lr_decay", t.lr_decay, LR_DECAYS),
-    ):
-        if value not in allowed:
-            raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-    for name in ("steps", "batch_size", "n_critic", "log_every", "sample_every",
-                 "checkpoint_every", "num_sample_images", "r1_interval", "keep_checkpoints"):
-        _positive(f"train.{name}", getattr(t, name))
-    for name in ("lr_g", "lr_d"):
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _check_train(t: TrainConfig) -> None:
+    _one_of("train.precision", t.precision, PRECISIONS)
+    _one_of("train.lr_decay", t.lr_decay, LR_DECAYS)
+    for name in ("steps", "batch_size", "n_critic", "log_every", "sample_every", "checkpoint_every",
+                 "num_sample_images", "r1_interval", "keep_checkpoints", "lr_g", "lr_d"):
         _positive(f"train.{name}", getattr(t, name))
     for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples"):
         if getattr(t, name) < 0:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
     if not 0.0 <= t.lr_decay_start < 1.0:
         raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
-    _positive("model.latent_dim", cfg.model.latent_dim)
-    _positive("model.width", cfg.model.width)
+
+
+def _check_model_settings(m: ModelConfig) -> None:
+    _positive("model.latent_dim", m.latent_dim)
+    _positive("model.width", m.width)
     for name in ("norm_g", "norm_d"):
-        if getattr(cfg.model, name) not in ("batch", "none"):
-            raise UserError(f"model.{name} must be 'batch' or 'none', got {getattr(cfg.model, name)!r}")
-    if cfg.model.activation_g not in G_ACTIVATIONS:
-        raise UserError(f"unknown model.activation_g {cfg.model.activation_g!r}; choose one of: "
-                        f"{', '.join(G_ACTIVATIONS)}")
-    if cfg.model.activation_g != "leaky_relu" and cfg.model.name != "mlp":
-        raise UserError(f"model.activation_g applies to model=mlp; the {cfg.model.name} generator always uses ReLU")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout!r}")
-    if cfg.dataset.image_size is not None and cfg.dataset.image_size not in (28, 32, 64):
-        raise UserError(f"dataset.image_size must be 28, 32 or 64, got {cfg.dataset.image_size!r}")
-    if cfg.dataset.name == "image_folder" and not cfg.dataset.root:
-        raise UserError("dataset=image_folder needs dataset.root=/path/to/images (one subfolder per class)")
-    if cfg.dataset.name in ("ring", "grid") and cfg.model.name != "mlp":
-        raise UserError(f"dataset={cfg.dataset.name} is 2D points: use model=mlp")
-    if cfg.dataset.name in ("ring", "grid") and cfg.model.conditional:
-        raise UserError(f"model.conditional=true needs a labelled dataset; dataset={cfg.dataset.name} has no "
-                        "labels (use fashion_mnist, mnist, cifar10 or image_folder, or model.conditional=false)")
+        if getattr(m, name) not in NORMS:
+            raise UserError(f"model.{name} must be 'batch' or 'none', got {getattr(m, name)!r}")
+    _one_of("model.activation_g", m.activation_g, G_ACTIVATIONS)
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
+
+
+def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
+    """Raise :class:`UserError` with a one-line fix for the first invalid setting. The checks that need no
+    torch run first, so a typo in a number is answered before torch is imported."""
+    from distgan.launcher.backends import backend  # imports neither torch nor Ray
+
+    _check_train(cfg.train)
+    _check_model_settings(cfg.model)
     if cfg.resume not in ("auto", "never") and not cfg.resume:
         raise UserError("resume must be auto, never or a checkpoint path")
+    cluster = backend(cfg.cluster.name)
+    cluster.check(cfg, cuda_devices)
+    _positive("cluster.cpus_per_worker", cfg.cluster.cpus_per_worker)
+    workers = cluster.world_size(cfg, cuda_devices)
+    if cfg.train.batch_size % workers:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over {workers} workers; "
+                        f"use a multiple of {workers}")
+    from distgan import data, losses, models  # the registries: these import torch
 
-    workers = world_size(cfg, cuda_devices=cuda_devices)
-    if c.name == "local":
-        if c.num_workers is not None:
-            _positive("cluster.num_workers", c.num_workers)
-        if use_gpu(cfg, cuda_devices) and workers > cuda_devices:
-            raise UserError(
-                f"cluster.num_workers={workers} asks for more GPUs than the {cuda_devices} present; "
-                f"set cluster.num_workers<={cuda_devices} or cluster.use_gpu=false")
-    else:
-        _positive("cluster.nodes", c.nodes)
-        _positive("cluster.cpus_per_task", c.cpus_per_task)
-        _positive("cluster.timeout_min", c.timeout_min)
-        if c.gpus_per_node < 0:
-            raise UserError(f"cluster.gpus_per_node must be >= 0, got {c.gpus_per_node}")
-        if c.max_requeues < 0:
-            raise UserError(f"cluster.max_requeues must be >= 0, got {c.max_requeues}")
-        time = c.additional_parameters.get("time")
-        if time is not None and not _SLURM_TIME.match(str(time)):
-            raise UserError(f"malformed SLURM time {time!r}; use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
-    _positive("cluster.cpus_per_worker", c.cpus_per_worker)
-    if t.batch_size % workers:
-        raise UserError(
-            f"train.batch_size={t.batch_size} does not divide over {workers} workers; "
-            f"use a multiple of {workers}")
+    data.check(cfg)
+    models.check(cfg)
+    losses.spec(cfg.loss.name)
     return cfg
-
-
-def use_gpu(cfg: Config, cuda_devices: int) -> bool:
-    c = cfg.cluster
-    if c.name == "slurm":
-        return c.gpus_per_node > 0
-    return bool(cuda_devices) if c.use_gpu is None else bool(c.use_gpu)
-
-
-def workers_per_node(c: ClusterConfig) -> int:
-    """DDP workers on each SLURM node: one per GPU, else ``workers_per_node``, else one per task CPU."""
-    return c.gpus_per_node or c.workers_per_node or c.cpus_per_task
-
-
-def world_size(cfg: Config, *, cuda_devices: int = 0) -> int:
-    """Number of DDP workers this config asks for."""
-    c = cfg.cluster
-    if c.name == "slurm":
-        return c.nodes * workers_per_node(c)
-    if c.num_workers is not None:
-        return c.num_workers
-    return cuda_devices if use_gpu(cfg, cuda_devices) and cuda_devices else 2
 
 
 def to_dict(cfg: Config) -> dict:

@@ -18,6 +18,10 @@ class Loss:
 
     needs_gradient_penalty = False
 
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> Loss:
+        return cls()
+
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-real).mean() + F.softplus(fake).mean()
 
@@ -54,6 +58,10 @@ class WGANGPLoss(Loss):
     def __init__(self, gp_weight: float):
         self.gp_weight = gp_weight
 
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> Loss:
+        return cls(cfg.gp_weight)
+
     def d_loss(self, real, fake):
         return fake.mean() - real.mean()
 
@@ -61,14 +69,14 @@ class WGANGPLoss(Loss):
         return -fake.mean()
 
 
-def build_loss(cfg: LossConfig) -> Loss:
-    if cfg.name == "bce":
-        return Loss()
-    if cfg.name == "hinge":
-        return HingeLoss()
-    if cfg.name == "lsgan":
-        return LSGANLoss()
-    if cfg.name == "wgan_gp":
-        return WGANGPLoss(cfg.gp_weight)
-    raise UserError(f"unknown loss {cfg.name!r}; choose one of: bce, hinge, lsgan, wgan_gp")
+LOSSES: dict[str, type[Loss]] = {"bce": Loss, "hinge": HingeLoss, "lsgan": LSGANLoss, "wgan_gp": WGANGPLoss}
 
+
+def spec(name: str) -> type[Loss]:
+    if name not in LOSSES:
+        raise UserError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def build_loss(cfg: LossConfig) -> Loss:
+    return spec(cfg.name).from_config(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torchvision.utils as vutils
 
-from distgan.data import mixture_modes
+from distgan.data.mixture import MIXTURES, mixture_modes
 
 
 def render(x: torch.Tensor, dataset: str, nrow: int | None = None) -> torch.Tensor:
@@ -22,8 +22,8 @@ def render(x: torch.Tensor, dataset: str, nrow: int | None = None) -> torch.Tens
 
 def render_points(points: torch.Tensor, dataset: str, size: int = 320) -> torch.Tensor:
     """White canvas, the true modes as grey squares (about 3σ wide), generated points as blue dots."""
-    modes, _ = mixture_modes(dataset) if dataset in ("ring", "grid") else (torch.zeros(0, 2), 0)
-    extent = 1.5 if dataset == "ring" else 6.0
+    modes, _ = mixture_modes(dataset) if dataset in MIXTURES else (torch.zeros(0, 2), 0)
+    extent = 1.5 * float(modes.abs().max()) if len(modes) else 6.0  # ring: 1.5, grid: 6
     img = torch.ones(3, size, size)
 
     def to_px(p: torch.Tensor) -> torch.Tensor:  # (x, y) -> (column, row), y up

@@ -1,10 +1,11 @@
 """One GAN step as phases: D main (n_critic times), D reg (lazy R1), G main.
 
 Each phase trains one network through its DDP wrapper and calls the other network *unwrapped* with
-its parameters frozen, so a G step never all-reduces D's gradients and vice versa (DESIGN.md §4.3).
-Penalties use ``autograd.grad`` on the inputs, then one ordinary backward (DESIGN.md §4.4).
-Every random draw (z, fake labels, WGAN-GP's interpolation weights) is this rank's slice of a global
-batch derived from (seed, stream, counter), so W workers x B/W take the same step as 1 worker x B.
+its parameters frozen, so a G step never all-reduces D's gradients and vice versa (docs/design.md).
+Penalties use ``autograd.grad`` on the inputs, then one ordinary backward, with ``output * 0`` added so
+every DDP bucket fires. Every call of D passes through :meth:`GANStep.discriminate`. Every random draw
+(z, fake labels, WGAN-GP's interpolation weights) is this rank's slice of a global batch derived from
+(seed, stream, counter) (distgan/rng.py), so W workers x B/W take the same step as 1 worker x B.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from torch import nn
 
 from distgan import dist
 from distgan.config import Config, TrainConfig
-from distgan.data import local_labels, local_noise
 from distgan.losses import Loss
+from distgan.rng import Stream, local_labels, local_noise
 
 log = logging.getLogger("distgan")
-# random streams of counter_generator (0 is the data permutation, 3 the fixed sample latents)
-STREAM_Z_D, STREAM_Z_G, STREAM_ALPHA, STREAM_Y_D, STREAM_Y_G = 1, 2, 4, 5, 6
 RealBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]  # counter -> (x, labels or None)
 
 
@@ -36,6 +35,38 @@ class PhaseStats:
     loss_d: torch.Tensor
     d_real: torch.Tensor
     d_fake: torch.Tensor
+
+
+@dataclass
+class StepStats:
+    """What one generator step reports: the last D phase's numbers, G's loss, and the mean R1 penalty of
+    the D steps that ran it (None when none did)."""
+
+    d: PhaseStats
+    loss_g: torch.Tensor
+    r1: torch.Tensor | None = None
+
+
+@dataclass
+class Trainable:
+    """One network as its phases train it: the DDP wrapper (the module itself in one process) and its
+    optimizer."""
+
+    ddp: nn.Module
+    opt: torch.optim.Optimizer
+
+    @property
+    def net(self) -> nn.Module:
+        return dist.unwrap(self.ddp)
+
+
+@dataclass
+class StepContext:
+    device: torch.device
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    latent_dim: int
+    num_classes: int = 0  # > 0: a conditional G and D trained on labelled data
+    channels_last: bool = False  # real batches converted to channels_last (conv models on CUDA)
 
 
 def autocast(precision: str, device: torch.device):
@@ -104,9 +135,11 @@ def accelerate(G: nn.Module, D: nn.Module, cfg: Config, device: torch.device, pe
     """On CUDA: channels_last for conv models and, with ``train.compile``, torch.compile in place (state
     dict keys unchanged). D is not compiled when a penalty needs double backward, which torch.compile
     does not support. Returns whether inputs should be channels_last."""
+    from distgan.models import spec
+
     if device.type != "cuda":
         return False
-    channels_last = cfg.model.name in ("dcgan", "resnet")
+    channels_last = spec(cfg.model.name).channels_last
     if channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
@@ -120,50 +153,54 @@ def accelerate(G: nn.Module, D: nn.Module, cfg: Config, device: torch.device, pe
 
 
 class GANStep:
-    def __init__(self, G_ddp: nn.Module, D_ddp: nn.Module, opt_g, opt_d, loss: Loss, cfg: TrainConfig,
-                 scaler, device: torch.device, latent_dim: int, num_classes: int = 0,
-                 channels_last: bool = False):
-        """``num_classes`` > 0 trains a conditional G and D on labelled data."""
-        self.G_ddp, self.D_ddp = G_ddp, D_ddp
-        self.G, self.D = dist.unwrap(G_ddp), dist.unwrap(D_ddp)
-        self.opt_g, self.opt_d, self.loss, self.cfg = opt_g, opt_d, loss, cfg
-        self.scaler, self.device = scaler, device
-        self.latent_dim, self.num_classes, self.channels_last = latent_dim, num_classes, channels_last
+    """``train_step(step, real_batch)``: n_critic D steps (each maybe followed by lazy R1), then one G step.
+
+    ``guard`` (a :class:`distgan.nonfinite.NonFiniteGuard`) may veto an update before it lands."""
+
+    def __init__(self, G: Trainable, D: Trainable, loss: Loss, cfg: TrainConfig, ctx: StepContext, guard=None):
+        self.G_ddp, self.D_ddp, self.opt_g, self.opt_d = G.ddp, D.ddp, G.opt, D.opt
+        self.G, self.D = G.net, D.net
+        self.loss, self.cfg, self.ctx, self.guard = loss, cfg, ctx, guard
+        self.device, self.scaler = ctx.device, ctx.scaler
         self.rank, self.world = dist.rank(), dist.world_size()
 
     # ---- world-size-invariant draws: this rank's slice of the global batch
-    def noise(self, stream: int, counter: int, dim: int | None = None, uniform: bool = False) -> torch.Tensor:
-        return local_noise(self.cfg.seed, stream, counter, self.cfg.batch_size, dim or self.latent_dim,
+    def noise(self, stream: Stream, counter: int, dim: int | None = None, uniform: bool = False) -> torch.Tensor:
+        return local_noise(self.cfg.seed, stream, counter, self.cfg.batch_size, dim or self.ctx.latent_dim,
                            self.rank, self.world, self.device, uniform)
 
-    def fake_labels(self, stream: int, counter: int) -> torch.Tensor | None:
-        if not self.num_classes:
+    def fake_labels(self, stream: Stream, counter: int) -> torch.Tensor | None:
+        if not self.ctx.num_classes:
             return None
-        return local_labels(self.cfg.seed, stream, counter, self.cfg.batch_size, self.num_classes,
+        return local_labels(self.cfg.seed, stream, counter, self.cfg.batch_size, self.ctx.num_classes,
                             self.rank, self.world, self.device)
 
-    def train_step(self, step: int, real_batch: RealBatch) -> tuple[PhaseStats, torch.Tensor]:
-        """One generator step ``step``: n_critic D steps (each maybe followed by lazy R1), then G."""
-        t = self.cfg
+    def train_step(self, step: int, real_batch: RealBatch) -> StepStats:
+        """Generator step ``step`` (0-based). D step ``counter`` indexes the data, the D draws and the R1
+        schedule, so a resumed run continues them exactly."""
+        t, r1 = self.cfg, []
         for k in range(t.n_critic):
-            counter = step * t.n_critic + k  # D steps so far: indexes data, draws and the R1 schedule
+            counter = step * t.n_critic + k
             real, y_real = real_batch(counter)
-            if self.channels_last:
+            if self.ctx.channels_last:
                 real = real.contiguous(memory_format=torch.channels_last)
-            if self.num_classes and y_real is None:
+            if self.ctx.num_classes and y_real is None:
                 raise ValueError("a conditional model needs labels for the real data")
-            y_real = y_real if self.num_classes else None
-            alpha = self.noise(STREAM_ALPHA, counter, 1, uniform=True) if self.loss.needs_gradient_penalty else None
-            d = self.d_main(real, y_real, self.noise(STREAM_Z_D, counter),
-                            self.fake_labels(STREAM_Y_D, counter), alpha)
+            y_real = y_real if self.ctx.num_classes else None
+            alpha = self.noise(Stream.ALPHA, counter, 1, uniform=True) if self.loss.needs_gradient_penalty else None
+            d = self.d_main(real, y_real, self.noise(Stream.Z_D, counter), self.fake_labels(Stream.Y_D, counter), alpha)
             if t.r1_gamma > 0 and counter % t.r1_interval == 0:
-                self.d_r1(real, y_real)
-        loss_g = self.g_main(self.noise(STREAM_Z_G, step), self.fake_labels(STREAM_Y_G, step))
-        return d, loss_g
+                r1.append(self.d_r1(real, y_real))
+        loss_g = self.g_main(self.noise(Stream.Z_G, step), self.fake_labels(Stream.Y_G, step))
+        return StepStats(d, loss_g, torch.stack(r1).mean() if r1 else None)
+
+    # ---- the one funnel of D calls
+    def discriminate(self, x: torch.Tensor, y: torch.Tensor | None, training_d: bool) -> torch.Tensor:
+        """D's logits for ``x``: through the DDP wrapper in D's phases (``training_d``), the bare module
+        in G's (no DDP hooks, no gradient sync). Every D call of a step passes here."""
+        return call(self.D_ddp if training_d else self.D, x, y)
 
     # ---- phases
-    guard = None  # a nonfinite.NonFiniteGuard (set by train_worker): may veto an update before it lands
-
     def _optimize(self, opt, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
         if self.guard is None or self.guard.ok("D" if opt is self.opt_d else "G", opt, loss):
@@ -178,8 +215,8 @@ class GANStep:
             fake = call(self.G, z, y_fake)  # unwrapped G: no DDP hooks, no gradient
         self.D.requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            real_logits = call(self.D_ddp, real, y_real)
-            fake_logits = call(self.D_ddp, fake, y_fake)
+            real_logits = self.discriminate(real, y_real, training_d=True)
+            fake_logits = self.discriminate(fake, y_fake, training_d=True)
             loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
         if self.loss.needs_gradient_penalty:
             loss = loss + self.loss.gp_weight * self._gradient_penalty(real, fake, alpha, y_real)
@@ -194,7 +231,7 @@ class GANStep:
         alpha = alpha.view(real.shape[0], *([1] * (real.dim() - 1))).to(real.device)
         x_hat = (alpha * real + (1 - alpha) * fake.to(real.dtype)).detach().requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            out = call(self.D_ddp, x_hat, y)
+            out = self.discriminate(x_hat, y, training_d=True)
         grad_sq = input_gradient_sq(out, x_hat, self.scaler)
         # the epsilon keeps sqrt differentiable at a zero gradient
         return (grad_sq.add(1e-12).sqrt() - 1).pow(2).mean() + out.float().mean() * 0
@@ -204,7 +241,7 @@ class GANStep:
         self.D.requires_grad_(True)
         real = real.detach().requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            logits = call(self.D_ddp, real, y_real)
+            logits = self.discriminate(real, y_real, training_d=True)
         penalty = input_gradient_sq(logits, real, self.scaler).mean() * (self.cfg.r1_gamma / 2)
         # `logits * 0` puts every D parameter in the graph so each DDP bucket fires (pytorch #63812)
         self._optimize(self.opt_d, penalty * self.cfg.r1_interval + logits.float().mean() * 0)
@@ -214,7 +251,7 @@ class GANStep:
         self.D.requires_grad_(False)  # frozen: no D gradients computed, none all-reduced
         with autocast(self.cfg.precision, self.device):
             fake = call(self.G_ddp, z, y_fake)
-            loss = self.loss.g_loss(call(self.D, fake, y_fake).float())  # unwrapped D: no DDP hooks
+            loss = self.loss.g_loss(self.discriminate(fake, y_fake, training_d=False).float())
         self._optimize(self.opt_g, loss)
         self.D.requires_grad_(True)
         return loss.detach()

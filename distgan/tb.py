@@ -15,8 +15,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class TBWriter:
-    def __init__(self, run_dir: str | Path, world: int, purge_step: int | None = None):
-        root = Path(run_dir) / "tb"
+    def __init__(self, root: str | Path, world: int, purge_step: int | None = None):
+        """``root``: the run's tb/ folder (distgan.rundir.RunDir.tb)."""
+        root = Path(root)
         self.ranks = [SummaryWriter(str(root / f"rank{r}"), purge_step=purge_step, flush_secs=30)
                       for r in range(world)]
         self.glob = SummaryWriter(str(root / "global"), purge_step=purge_step, flush_secs=30)

@@ -21,11 +21,11 @@ import torch
 
 from distgan import dist
 from distgan.config import LossConfig, ModelConfig, TrainConfig
-from distgan.data import Data, ShardedSampler
+from distgan.data import MemoryDataset, ShardedSampler
 from distgan.losses import build_loss
 from distgan.models import build_models
-from distgan.step import GANStep
-from tests import gloo
+from distgan.step import GANStep, StepContext, Trainable
+from distgan.testing import gloo
 
 GLOBAL_BATCH, STEPS, SEED = 8, 3, 11
 # name -> (model settings, loss, train settings); every model is BN-free (BatchNorm's batch statistics
@@ -59,10 +59,10 @@ class RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def toy_data(n: int = 64) -> Data:
+def toy_data(n: int = 64) -> MemoryDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
-    return Data(x, torch.randint(0, 10, (n,), generator=g), 10)
+    return MemoryDataset(x, torch.randint(0, 10, (n,), generator=g), 10)
 
 
 def run_variant(model: dict, loss: str, train: dict) -> dict:
@@ -76,8 +76,8 @@ def run_variant(model: dict, loss: str, train: dict) -> dict:
     G_ddp, D_ddp = dist.wrap(G, torch.device("cpu")), dist.wrap(D, torch.device("cpu"))
     opt_g, opt_d = RecordingSGD(G.parameters(), lr=t.lr_g), RecordingSGD(D.parameters(), lr=t.lr_d)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    gan = GANStep(G_ddp, D_ddp, opt_g, opt_d, build_loss(LossConfig(name=loss)), t, scaler,
-                  torch.device("cpu"), cfg.latent_dim, num_classes)
+    gan = GANStep(Trainable(G_ddp, opt_g), Trainable(D_ddp, opt_d), build_loss(LossConfig(name=loss)), t,
+                  StepContext(torch.device("cpu"), scaler, cfg.latent_dim, num_classes))
     sampler = ShardedSampler(len(data), GLOBAL_BATCH, dist.rank(), dist.world_size(), SEED)
 
     def real_batch(counter):

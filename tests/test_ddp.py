@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distgan.config import Config
+from distgan.testing import gloo
 from distgan.train import Hooks, train_worker
-from tests import gloo
 
 
 class Capture(Hooks):

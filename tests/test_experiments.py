@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from distgan import checkpoint
 from distgan.config import validate
-from distgan.launcher.common import to_config
-from distgan.launcher.main import CONFIG_DIR, register_schema
+from distgan.launcher.compose import CONFIG_DIR, compose, to_config
 from distgan.train import train_worker
 
 RECIPES = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -37,9 +35,7 @@ TINY = ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.sampl
 
 
 def compose_recipe(name: str, overrides: list[str]):
-    register_schema()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}", *overrides])
+    return compose([f"experiment={name}", *overrides])
 
 
 def _get(cfg, dotted: str):

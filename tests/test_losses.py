@@ -13,7 +13,7 @@ from distgan.errors import UserError
 from distgan.losses import build_loss
 from distgan.models import build_models
 from distgan.samples import class_rows
-from distgan.step import GANStep, build_optimizers, input_gradient_sq
+from distgan.step import GANStep, StepContext, Trainable, build_optimizers, input_gradient_sq
 from distgan.train import ema_beta, ema_update
 
 REAL = [2.0, -1.0, 0.3]
@@ -95,7 +95,8 @@ def _gan_step(D, loss="wgan_gp", **train):
     t = TrainConfig(r1_gamma=train.pop("r1_gamma", 0.0), **train)
     opt = torch.optim.SGD(D.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return GANStep(G, D, opt, opt, build_loss(LossConfig(name=loss)), t, scaler, torch.device("cpu"), 3)
+    return GANStep(Trainable(G, opt), Trainable(D, opt), build_loss(LossConfig(name=loss)), t,
+                   StepContext(torch.device("cpu"), scaler, 3))
 
 
 def test_r1_matches_finite_differences():
@@ -304,13 +305,14 @@ def test_bf16_autocast_step_runs_on_cpu():
     t = TrainConfig(batch_size=4, precision="bf16", r1_gamma=1.0, r1_interval=1)
     opt_g, opt_d = build_optimizers(G, D, t)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    gan = GANStep(G, D, opt_g, opt_d, build_loss(LossConfig(name="hinge")), t, scaler, torch.device("cpu"),
-                  8, num_classes=10)
+    gan = GANStep(Trainable(G, opt_g), Trainable(D, opt_d), build_loss(LossConfig(name="hinge")), t,
+                  StepContext(torch.device("cpu"), scaler, 8, num_classes=10))
     seen = []
     D.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     before = [p.detach().clone() for p in D.parameters()]
     real = torch.rand(4, 1, 28, 28) * 2 - 1
-    stats, loss_g = gan.train_step(0, lambda counter: (real, torch.arange(4)))
+    out = gan.train_step(0, lambda counter: (real, torch.arange(4)))
+    stats, loss_g = out.d, out.loss_g
     assert torch.bfloat16 in seen  # autocast really ran in bf16
     assert all(torch.isfinite(v) for v in (stats.loss_d, stats.d_real, loss_g))
     assert any(not torch.equal(a, b) for a, b in zip(before, D.parameters()))
@@ -321,7 +323,7 @@ def test_bf16_autocast_step_runs_on_cpu():
 def test_mixed_precision_channels_last_compile_on_cuda(precision, tmp_path):
     """On a GPU: autocast, GradScaler (fp16), channels_last and torch.compile through the real loop; R1
     keeps D uncompiled (double backward). Skipped without CUDA."""
-    from distgan.data import Data
+    from distgan.data import MemoryDataset
     from distgan.step import accelerate
 
     device = torch.device("cuda")
@@ -333,13 +335,15 @@ def test_mixed_precision_channels_last_compile_on_cuda(precision, tmp_path):
     assert accelerate(G, D, cfg, device, penalty=True)
     opt_g, opt_d = build_optimizers(G, D, cfg.train)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    gan = GANStep(G, D, opt_g, opt_d, build_loss(LossConfig(name="hinge")), cfg.train, scaler, device, 16, 10)
-    data = Data(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,)), 10)
+    gan = GANStep(Trainable(G, opt_g), Trainable(D, opt_d), build_loss(LossConfig(name="hinge")), cfg.train,
+                  StepContext(device, scaler, 16, 10))
+    data = MemoryDataset(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,)), 10)
 
     def real_batch(counter):
         idx = torch.arange(8) + 8 * counter
         return data.batch(idx, device), data.batch_labels(idx, device)
 
     for step in range(3):
-        stats, loss_g = gan.train_step(step, real_batch)
+        out = gan.train_step(step, real_batch)
+        stats, loss_g = out.d, out.loss_g
         assert torch.isfinite(stats.loss_d) and torch.isfinite(loss_g)

@@ -15,8 +15,8 @@ from distgan.metrics import image, mixture
 from distgan.metrics.classifier import ClassifierSettings
 from distgan.metrics.evaluator import Evaluator, gather_interleave, shard
 from distgan.models import build_models
+from distgan.testing import gloo
 from distgan.train import train_worker
-from tests import gloo
 
 TINY = ClassifierSettings(epochs=2, width=8, lr=5e-3, train_samples=3000, real_samples=400)
 

@@ -19,7 +19,7 @@ import torch
 from distgan import checkpoint
 from distgan.config import Config, DatasetConfig, ModelConfig, TrainConfig
 from distgan.errors import UserError
-from tests import gloo
+from distgan.testing import gloo
 
 ROOT = Path(__file__).resolve().parents[1]
 

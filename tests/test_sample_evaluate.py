@@ -29,7 +29,7 @@ def run_in_process(name: str, *args: str, capsys) -> tuple[int, str, str]:
     """The script's ``main`` through the same error wrapper, in this process (no interpreter start-up)."""
     import importlib.util
 
-    from distgan.metrics import cli
+    from distgan import cli
 
     spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / "launch" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -52,7 +52,7 @@ def test_token_is_per_run_private_and_stable(tmp_path, monkeypatch):
 
 def test_run_dir_is_private(tmp_path):
     from distgan.config import Config
-    from distgan.launcher.common import prepare_run_dir
+    from distgan.launcher.preflight import prepare_run_dir
 
     run = prepare_run_dir(Config(run_dir=str(tmp_path / "run")))
     assert run.stat().st_mode & 0o777 == 0o700

@@ -6,8 +6,9 @@ import logging
 import os
 from pathlib import Path
 
-from distgan.config import Config, world_size
-from distgan.launcher.common import follow, summary
+from distgan.config import Config
+from distgan.launcher.backends import world_size
+from distgan.launcher.progress import follow, summary
 from distgan.launcher.ray_train import fit, run_in_thread, secure_ray_env
 
 # Ray for one run on one machine: what a training CLI does not use is off, because on a small machine
@@ -25,7 +26,7 @@ def launch(cfg: Config, cuda_devices: int) -> str:
     os.environ.update(LOCAL_RAY_ENV)
     import ray
 
-    needed = world_size(cfg, cuda_devices=cuda_devices) * cfg.cluster.cpus_per_worker
+    needed = world_size(cfg, cuda_devices) * cfg.cluster.cpus_per_worker
     ray.init(num_cpus=max(os.cpu_count() or 1, needed), num_gpus=cuda_devices,
              include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              configure_logging=True, _system_config=RAY_SYSTEM_CONFIG)

@@ -1,23 +1,26 @@
-"""The command line, checked before ``@hydra.main`` runs: Hydra's own errors become one line.
+"""The command line, checked before ``@hydra.main`` runs: Hydra's own errors become one line, and the
+run's pre-flight happens here, once, before Hydra creates any folder.
 
 Hydra prints several lines for an unknown key, a wrong type or a bad override, and it creates the run
 directory before our code sees the config. Composing the same overrides once with Hydra's compose API
-first lets us print ``error: <what> (<fix>)`` and exit before anything is written. ``HYDRA_FULL_ERROR=1``
-or ``DISTGAN_DEBUG=1`` skips the translation and shows Hydra's own error and traceback.
+first lets us print ``error: <what> (<fix>)`` and exit before anything is written. The run directory
+resolved here (``outputs/${now:...}`` by default) is handed to Hydra as ``hydra.run.dir``, so the
+pre-flight's result is the run Hydra then starts. ``HYDRA_FULL_ERROR=1`` or ``DISTGAN_DEBUG=1`` skips
+the translation and shows Hydra's own error and traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 import re
 import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from distgan.launcher.main import CONFIG_DIR, check_group_choices, debug, fail
+from distgan.cli import debug, fail
+from distgan.errors import UserError
+from distgan.launcher.compose import check_group_choices, compose, to_config
 
 # Hydra flags after which the command line is not a training run (or uses another config): left to Hydra.
 _HYDRA_ONLY = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion",
@@ -25,48 +28,42 @@ _HYDRA_ONLY = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-
 _MULTIRUN = {"-m", "--multirun"}
 
 
-def check_command_line(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
-    """Exit with one ``error:`` line if the overrides in ``argv`` cannot make a valid config."""
+def check_command_line(argv: list[str]) -> list[str]:
+    """Exit with one ``error:`` line if the overrides in ``argv`` cannot make a valid run; else return
+    ``argv`` with the checked run (or sweep) directory pinned for Hydra."""
     if debug() or any(a.split("=")[0] in _HYDRA_ONLY for a in argv):
-        return
-    check_group_choices(argv, config_dir)
+        return argv
     multirun = any(a in _MULTIRUN for a in argv)
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        dcfg = _compose(overrides, multirun, config_dir)
+        check_group_choices(argv)
+        dcfg = _compose(overrides, multirun)
+    except UserError as e:
+        fail(str(e))
     except Exception as e:  # noqa: BLE001 - hydra and omegaconf raise many types; all mean bad input
         fail(_one_line(e))
     _check_known_keys(dcfg)
     run_dir = _check_output_dir(dcfg, multirun)
-    if run_dir is not None:
-        _preflight(dcfg, run_dir)
+    if run_dir is None:
+        return argv
+    from distgan.launcher.preflight import preflight  # after the cheap checks: it imports more
 
-
-def _preflight(dcfg: DictConfig, run_dir: Path) -> None:
-    """The launcher's own validation (sizes, data, checkpoints, SLURM) before Hydra creates any folder;
-    ``main.run`` repeats it on the config Hydra hands over."""
-    from distgan.config import Config, validate
-    from distgan.errors import UserError
-
-    body = OmegaConf.masked_copy(dcfg, [k for k in dcfg.keys() if k != "hydra"])
     try:
-        if not _gpu_device_nodes():  # plain validation first: no torch import (2 s) for a typo in a size
-            validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body)), cuda_devices=0)
-        from distgan.launcher import common
-
-        cfg = common.to_config(body, str(run_dir))
-        cfg = common.preflight(cfg, common.cuda_device_count() if cfg.cluster.name == "local" else 0)
-        if cfg.cluster.name == "slurm":
-            from distgan.launcher import slurm
-
-            slurm.check_environment(cfg)
+        preflight(to_config(dcfg, run_dir))
     except UserError as e:
         fail(str(e))
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={_quoted(str(run_dir.absolute()))}"]
 
 
-def _compose(overrides: list[str], multirun: bool, config_dir: Path) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def _quoted(value: str) -> str:
+    """A path as a Hydra override value: plain when the grammar allows it, else single-quoted."""
+    if re.fullmatch(r"[\w/.\-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _compose(overrides: list[str], multirun: bool) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if multirun:  # a sweep: check its first point (Hydra itself checks the rest when it runs them)
@@ -74,11 +71,7 @@ def _compose(overrides: list[str], multirun: bool, config_dir: Path) -> DictConf
         overrides = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
                      if o.is_sweep_override() else o.input_line for o in parsed]
     overrides = [o for o in overrides if not o.startswith("hydra/")]  # launcher/sweeper plugins: Hydra's
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()  # @hydra.main initialises its own
+    return compose(overrides, return_hydra_config=True)
 
 
 def _one_line(e: BaseException) -> str:
@@ -135,11 +128,6 @@ def _check_known_keys(dcfg: DictConfig) -> None:
                 walk(node._get_node(key), sub, f"{prefix}{key}.")
 
     walk(OmegaConf.masked_copy(dcfg, [k for k in dcfg.keys() if k != "hydra"]), Config, "")
-
-
-def _gpu_device_nodes() -> bool:
-    """Whether this machine may have a GPU at all (NVIDIA or ROCm device nodes); if not, torch sees none."""
-    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
 
 
 def _check_output_dir(dcfg: DictConfig, multirun: bool) -> Path | None:

@@ -12,9 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from distgan.config import Config, from_dict, to_dict, use_gpu, world_size
+from distgan.config import Config, from_dict, to_dict
+from distgan.launcher.backends import use_gpu, world_size
+from distgan.rundir import RunDir
 
-TOKEN_FILE = ".ray_auth_token"
+TOKEN_FILE = RunDir.TOKEN
 
 
 def secure_ray_env(run_dir: Path) -> dict[str, str]:
@@ -22,7 +24,7 @@ def secure_ray_env(run_dir: Path) -> dict[str, str]:
 
     Ray 2.60 turns token auth on by itself when ``~/.ray/auth_token`` exists and then refuses drivers
     without it, so the mode is always set explicitly."""
-    path = Path(run_dir) / TOKEN_FILE
+    path = RunDir(run_dir).token
     if not path.exists():  # written aside, then linked into place: no task ever reads half a token
         tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -75,7 +77,7 @@ def _record_placement(run_dir: Path, rank: int) -> None:
     import json
     import socket
 
-    folder = run_dir / "workers"
+    folder = RunDir(run_dir).workers
     folder.mkdir(exist_ok=True)
     info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
             "slurm_node": os.environ.get("SLURMD_NODENAME"), "slurm_job": os.environ.get("SLURM_JOB_ID")}
@@ -90,7 +92,7 @@ def fit(cfg: Config, cuda_devices: int) -> None:
     # Workers resume from distgan's own checkpoints/ (train_worker reads it). Ray's snapshot of an earlier
     # fit() in this run directory may list checkpoints that train.keep_checkpoints has deleted since, and
     # Ray then refuses to start ("corrupted run directory"): it holds nothing we need, so drop it.
-    (Path(cfg.run_dir) / "checkpoints" / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
+    (RunDir(cfg.run_dir).checkpoints / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
     gpu = use_gpu(cfg, cuda_devices)
     resources = {"CPU": cfg.cluster.cpus_per_worker}
     if gpu:
@@ -99,10 +101,10 @@ def fit(cfg: Config, cuda_devices: int) -> None:
         _worker_entry,
         train_loop_config={"cfg": to_dict(cfg)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=world_size(cfg, cuda_devices=cuda_devices), use_gpu=gpu,
+        scaling_config=ScalingConfig(num_workers=world_size(cfg, cuda_devices), use_gpu=gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name="checkpoints", storage_path=cfg.run_dir,  # Ray's state beside our checkpoints
+            name=RunDir.CHECKPOINTS, storage_path=cfg.run_dir,  # Ray's state beside our checkpoints
             checkpoint_config=CheckpointConfig(num_to_keep=None),  # retention: train.keep_checkpoints
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
         ),

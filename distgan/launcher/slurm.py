@@ -1,7 +1,9 @@
-"""cluster=slurm: submit one job (one task per node) with submitit; the job runs a Ray cluster.
+"""cluster=slurm, the login-node side: submit one job (one task per node) with submitit; the job runs a
+Ray cluster.
 
-On the login node: check the site (sbatch, partition), write the per-run Ray token, submit, print where
+:func:`launch`: check the site (sbatch, partition), write the per-run Ray token, submit, print where
 everything goes, and either return or (``cluster.wait=true``) follow the job to its end.
+:func:`run_in_allocation`: the same job started by a plain sbatch script instead (launch/slurm_allocation.py).
 Inside the job every task runs :class:`distgan.launcher.slurm_job.SlurmJob`.
 """
 
@@ -14,8 +16,9 @@ from pathlib import Path
 
 from distgan.config import Config
 from distgan.errors import UserError
-from distgan.launcher.common import follow, summary
+from distgan.launcher.progress import follow, summary
 from distgan.launcher.ray_train import secure_ray_env
+from distgan.rundir import RunDir
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED")
@@ -79,9 +82,9 @@ def launch(cfg: Config) -> str:
 
     from distgan.launcher.slurm_job import SlurmJob
 
-    run_dir = Path(cfg.run_dir)
-    folder = Path(cfg.cluster.folder or run_dir / "slurm")
-    secure_ray_env(run_dir)  # the token file, on shared storage, before any task starts
+    run_dir = RunDir(cfg.run_dir)
+    folder = Path(cfg.cluster.folder or run_dir.slurm)
+    secure_ray_env(run_dir.path)  # the token file, on shared storage, before any task starts
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
                                      slurm_max_num_timeout=cfg.cluster.max_requeues)
     executor.update_parameters(**executor_parameters(cfg))
@@ -96,8 +99,8 @@ def launch(cfg: Config) -> str:
     info = (f"submitted SLURM job {job.job_id} ({cfg.cluster.nodes} node(s))\n"
             f"logs          : {folder}/{job.job_id}_0_log.out (task 0: Ray head + driver)\n"
             f"run directory : {run_dir}\n"
-            f"tensorboard   : tensorboard --logdir {run_dir / 'tb'}\n"
-            f"follow        : squeue -j {job.job_id}; tail -f {run_dir}/train.log")
+            f"tensorboard   : tensorboard --logdir {run_dir.tb}\n"
+            f"follow        : squeue -j {job.job_id}; tail -f {run_dir.log}")
     if not cfg.cluster.wait:
         return info
     print(info, flush=True)
@@ -108,9 +111,27 @@ def launch(cfg: Config) -> str:
             state["value"], state["checked"] = job_state(str(job.job_id)), time.monotonic()
         return state["value"]
 
-    last = follow(run_dir, cfg.train.steps, done=lambda: current() in TERMINAL,
+    last = follow(run_dir.path, cfg.train.steps, done=lambda: current() in TERMINAL,
                   status=lambda: f"job {job.job_id} {current().lower()}", poll_s=2.0)
     final = current()
     if final != "COMPLETED":
         raise UserError(f"SLURM job {job.job_id} ended {final}; see {folder}/{job.job_id}_0_log.out")
-    return summary(run_dir, last)
+    return summary(run_dir.path, last)
+
+
+def run_in_allocation(argv: list[str]) -> None:
+    """``srun python launch/slurm_allocation.py hydra.run.dir=DIR [overrides]`` in every task of a plain
+    sbatch job (slurm/ray_cluster.sbatch): the same job without submitit's submission or requeue."""
+    import submitit
+
+    from distgan.launcher.compose import load_config
+    from distgan.launcher.preflight import preflight, prepare_run_dir
+    from distgan.launcher.slurm_job import SlurmJob
+
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    if not run_dir:
+        raise UserError("pass hydra.run.dir=/shared/path/run (on storage every node sees)")
+    cfg = preflight(load_config(["cluster=slurm", *[a for a in argv if not a.startswith("hydra.")]], run_dir)).cfg
+    if submitit.JobEnvironment().global_rank == 0:
+        prepare_run_dir(cfg)
+    print(SlurmJob(cfg)())

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import submitit
 
-from distgan.config import Config, workers_per_node
+from distgan.config import Config
+from distgan.launcher.backends import workers_per_node
 from distgan.launcher.ray_train import secure_ray_env
-from distgan.train import STOP_FILE
+from distgan.rundir import RunDir
 
 log = logging.getLogger("distgan")
 RENDEZVOUS_TIMEOUT_S = 300
@@ -63,27 +64,31 @@ class SlurmJob(submitit.helpers.Checkpointable):
     def run_dir(self) -> Path:
         return Path(self.cfg.run_dir)
 
+    @property
+    def slurm_dir(self) -> Path:
+        return RunDir(self.cfg.run_dir).slurm
+
     def _attempt(self) -> str:
         env = submitit.JobEnvironment()
         return f"{env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
 
     def _marker(self, kind: str) -> Path:
-        return self.run_dir / "slurm" / f"{kind}-{self._attempt()}.json"
+        return self.slurm_dir / f"{kind}-{self._attempt()}.json"
 
     # ------------------------------------------------------------------------------------- entry
     def __call__(self) -> str:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][task %(process)d] %(message)s")
         env = submitit.JobEnvironment()
-        (self.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+        self.slurm_dir.mkdir(parents=True, exist_ok=True)
         secure_ray_env(self.run_dir)
         if env.global_rank == 0:
-            (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request of the previous attempt
+            RunDir(self.run_dir).stop_file.unlink(missing_ok=True)  # a stop request of the previous attempt
             return self._head(env)
         return self._join(env)
 
     def _ray_start(self, args: list[str], name: str) -> subprocess.Popen:
         ray = str(Path(sys.executable).with_name("ray"))
-        logfile = open(self.run_dir / "slurm" / f"ray-{name}-{self._attempt()}.log", "ab")
+        logfile = open(self.slurm_dir / f"ray-{name}-{self._attempt()}.log", "ab")
         c = self.cfg.cluster
         resources = ["--num-cpus", str(workers_per_node(c) * c.cpus_per_worker), "--num-gpus", str(c.gpus_per_node)]
         # every port explicit and free: several Ray nodes may share one host (as on the test cluster)
@@ -161,36 +166,13 @@ class SlurmJob(submitit.helpers.Checkpointable):
     # ------------------------------------------------------------------------------- time limit
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """SIGUSR2 before the time limit: ask the loop to save and stop, wait for it, then requeue."""
-        before = set(p.name for p in (self.run_dir / "checkpoints").glob("step_*"))
-        (self.run_dir / STOP_FILE).write_text("time limit")
+        rd = RunDir(self.run_dir)
+        before = set(p.name for p in rd.checkpoints.glob("step_*"))
+        rd.stop_file.write_text("time limit")
         deadline = time.monotonic() + max(self.cfg.cluster.signal_delay_s - 15, 5)
         while time.monotonic() < deadline:
-            now = set(p.name for p in (self.run_dir / "checkpoints").glob("step_*"))
+            now = set(p.name for p in rd.checkpoints.glob("step_*"))
             if now - before:
                 break
             time.sleep(1)
         return submitit.helpers.DelayedSubmission(SlurmJob(self.cfg))
-
-
-def main(argv: list[str]) -> None:
-    """``srun python -m distgan.launcher.slurm_job hydra.run.dir=DIR [overrides]``: the same job from a
-    plain sbatch script (slurm/ray_cluster.sbatch), without submitit's submission or requeue."""
-    from hydra import compose, initialize_config_dir
-
-    from distgan.launcher import common
-    from distgan.launcher.main import CONFIG_DIR, register_schema
-
-    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
-    if not run_dir:
-        sys.exit("error: pass hydra.run.dir=/shared/path/run (on storage every node sees)")
-    register_schema()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        dcfg = compose("config", overrides=["cluster=slurm", *[a for a in argv if not a.startswith("hydra.")]])
-    cfg = common.preflight(common.to_config(dcfg, run_dir), cuda_devices=0)
-    if submitit.JobEnvironment().global_rank == 0:
-        common.prepare_run_dir(cfg)
-    print(SlurmJob(cfg)())
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

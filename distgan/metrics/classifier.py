@@ -1,9 +1,9 @@
 """The feature network for image metrics: a small CNN classifier trained on the real training set.
 
-There are no Inception weights on these machines (DESIGN.md §6), so FD/KID/precision/recall are
-measured in the penultimate layer of a classifier distgan trains itself, once per dataset and settings,
-and caches on disk with its test accuracy. The real set's features are cached next to it. Numbers are
-comparable between runs that share a classifier (same cache key), not with published Inception FIDs.
+FD/KID/precision/recall are measured in the penultimate layer of a classifier distgan trains itself,
+once per dataset and settings, and caches on disk with its test accuracy; the real set's features are
+cached next to it. It needs no downloaded weights and sees the data's own classes. Numbers are comparable
+between runs that share a classifier (same cache key), not with published Inception FIDs.
 """
 
 from __future__ import annotations
@@ -19,16 +19,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distgan import data as datamod
+from distgan import data
 from distgan.config import DatasetConfig
+from distgan.data.memory import TORCHVISION_CLASSES, MemoryDataset, load_torchvision
 from distgan.errors import UserError
 
 log = logging.getLogger("distgan")
 FEATURES = 128  # size of the penultimate layer, the metrics' feature space
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClassifierSettings:
+    """How the feature classifier is trained (each setting is part of its cache key). Also the schema of
+    ``launch/evaluate.py classifier.*``."""
+
     epochs: int = 2
     width: int = 16  # channels of the first conv; then 2w, 4w
     batch_size: int = 128
@@ -37,8 +41,6 @@ class ClassifierSettings:
     real_samples: int = 10000  # real images whose features are the metrics' reference
     seed: int = 0
 
-
-DEFAULT = ClassifierSettings()
 
 
 class Classifier(nn.Module):
@@ -74,25 +76,15 @@ def cache_key(cfg: DatasetConfig, settings: ClassifierSettings) -> str:
     return f"{cfg.name}-{cfg.image_size or 'native'}-{digest}"
 
 
-def _test_split(cfg: DatasetConfig, train: datamod.Data, seed: int) -> tuple[datamod.Data, datamod.Data]:
-    """(train, test): torchvision's test split where there is one, else a 10 % hold-out."""
-    if cfg.name in ("fashion_mnist", "mnist", "cifar10"):
-        import torchvision
-
-        cls = getattr(torchvision.datasets, datamod._TV_CLASSES[cfg.name])
-        ds = cls(cfg.root or datamod.default_root(), train=False, download=cfg.download)
-        x = torch.as_tensor(ds.data)
-        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-        if x.shape[-1] != train.x.shape[-1]:
-            import torchvision.transforms.v2.functional as TF
-
-            x = TF.resize(x, list(train.x.shape[-2:]), antialias=True)
-        return train, datamod.Data(x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long), train.num_classes)
+def _test_split(cfg: DatasetConfig, train: MemoryDataset, seed: int) -> tuple[MemoryDataset, MemoryDataset]:
+    """(train, test): the dataset's own test split where there is one, else a 10 % hold-out."""
+    if cfg.name in TORCHVISION_CLASSES:
+        return train, load_torchvision(cfg, train=False)
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     cut = len(train) // 10
     test, rest = perm[:cut], perm[cut:]
-    return (datamod.Data(train.x[rest], train.labels[rest], train.num_classes),
-            datamod.Data(train.x[test], train.labels[test], train.num_classes))
+    return (MemoryDataset(train.x[rest], train.labels[rest], train.num_classes),
+            MemoryDataset(train.x[test], train.labels[test], train.num_classes))
 
 
 @torch.no_grad()
@@ -111,7 +103,7 @@ def predict(model: Classifier, images: torch.Tensor, batch: int = 500) -> tuple[
 def _train(cfg: DatasetConfig, settings: ClassifierSettings) -> dict:
     from tqdm import tqdm
 
-    full = datamod.load(cfg, seed=settings.seed)
+    full = data.load(cfg, seed=settings.seed)
     if full.labels is None or full.num_classes < 2:
         raise UserError(f"dataset={cfg.name} has no class labels: image metrics need a labelled dataset")
     train, test = _test_split(cfg, full, settings.seed)
@@ -151,9 +143,10 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)  # a concurrent reader sees the old file or the whole new one
 
 
-def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings = DEFAULT,
+def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings | None = None,
                     train_if_missing: bool = True) -> tuple[Classifier, dict]:
     """The cached classifier for this dataset and settings (trained now if missing): (model, info)."""
+    settings = settings or ClassifierSettings()
     path = cache_dir() / f"{cache_key(cfg, settings)}.pt"
     if path.exists():
         state = torch.load(path, weights_only=True)
@@ -170,13 +163,14 @@ def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings = DEFAULT,
 
 
 def real_reference(cfg: DatasetConfig, model: Classifier,
-                   settings: ClassifierSettings = DEFAULT) -> tuple[torch.Tensor, torch.Tensor]:
+                   settings: ClassifierSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, predicted classes) of a fixed subset of real training images, cached by key."""
+    settings = settings or ClassifierSettings()
     path = cache_dir() / f"{cache_key(cfg, settings)}-real{settings.real_samples}.pt"
     if path.exists():
         ref = torch.load(path, weights_only=True)
         return ref["features"], ref["pred"]
-    real = datamod.load(cfg, seed=settings.seed)
+    real = data.load(cfg, seed=settings.seed)
     idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(settings.seed + 1))
     idx = idx[:settings.real_samples]
     feats, pred = predict(model, real.batch(idx, torch.device("cpu")))

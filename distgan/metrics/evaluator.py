@@ -1,4 +1,4 @@
-"""Metrics of a generator, computed across ranks without depending on the world size (DESIGN.md §4.10).
+"""Metrics of a generator, computed across ranks without depending on the world size.
 
 Sample ``i`` of an evaluation always has the latent ``z[i]`` (and label ``i mod C``) drawn from
 (seed, global index) alone. Rank ``r`` of ``W`` generates the strided indices r, r+W, …, padded to equal
@@ -18,20 +18,14 @@ from torch import nn
 
 from distgan import dist
 from distgan.config import Config
-from distgan.data import counter_generator
+from distgan.data import spec as dataset_spec
 from distgan.metrics import mixture
-from distgan.metrics.classifier import Classifier, ClassifierSettings, load_classifier, predict, real_reference
+from distgan.metrics.classifier import ClassifierSettings
+from distgan.metrics.features import FEATURES
 from distgan.metrics.image import image_metrics
+from distgan.rng import eval_latents as latents
 
-EVAL_STREAM = 5  # counter_generator stream of evaluation latents (training uses 0..4)
 IMAGE_SAMPLES = 10000
-
-
-def latents(n: int, latent_dim: int, seed: int, num_classes: int = 0):
-    """The ``n`` evaluation latents (and balanced labels for a conditional G), in global order."""
-    z = torch.randn(n, latent_dim, generator=counter_generator(seed, EVAL_STREAM, 0))
-    labels = torch.arange(n) % num_classes if num_classes else None
-    return z, labels
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
@@ -69,57 +63,42 @@ def generate(net: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, devic
 
 
 def is_mixture(cfg: Config) -> bool:
-    return cfg.dataset.name in ("ring", "grid")
+    return dataset_spec(cfg.dataset.name).kind == "points"
 
 
 class Evaluator:
     """``evaluator(G)`` on every rank -> metrics on rank 0 (``{}`` elsewhere); remembers the best."""
 
     def __init__(self, cfg: Config, device: torch.device, num_samples: int | None = None, seed: int = 0,
-                 settings: ClassifierSettings | None = None, best: dict | None = None):
+                 settings: ClassifierSettings | None = None, best: dict | None = None, features: str = "classifier"):
         self.cfg, self.device, self.seed = cfg, device, seed
-        self.settings = settings or ClassifierSettings()
         self.mixture = is_mixture(cfg)
         self.n = num_samples or (mixture.PROTOCOL_SAMPLES if self.mixture else IMAGE_SAMPLES)
         self.conditional_classes = cfg.dataset.num_classes if cfg.model.conditional else 0
-        self.classifier = None
-        self.info: dict = {}
+        self.extractor = None if self.mixture else FEATURES[features](cfg.dataset, settings)
         self.best = best  # scores of checkpoints/best, carried over a resume
 
-    def _setup(self) -> None:
-        """Rank 0 loads the classifier (training it if it is not cached yet) and sends it to the others,
-        whose nodes may not share rank 0's cache folder."""
-        if self.mixture or self.classifier is not None:
-            return
-        if dist.rank() == 0:
-            self.classifier, self.info = load_classifier(self.cfg.dataset, self.settings)
-            self.real = real_reference(self.cfg.dataset, self.classifier, self.settings)
-        if dist.world_size() > 1:
-            payload = [self.classifier.state_dict() if dist.rank() == 0 else None, self.info]
-            tdist.broadcast_object_list(payload, src=0)
-            if dist.rank() != 0:
-                weights, self.info = payload
-                self.classifier = Classifier(self.info["channels"], self.info["num_classes"], self.settings.width)
-                self.classifier.load_state_dict(weights)
-                self.classifier.eval().requires_grad_(False)
-        self.classifier.to(self.device)
+    @property
+    def info(self) -> dict:
+        return self.extractor.info if self.extractor is not None else {}
 
     def features(self, G: nn.Module) -> torch.Tensor:
         """Every rank: (n, F) gathered rows in global order: points for 2D, else [features, class]."""
-        self._setup()
+        if self.extractor is not None:
+            self.extractor.prepare(self.device)
         net = eval_copy(G)
         idx = shard(self.n, dist.rank(), dist.world_size())
         z, labels = latents(self.n, self.cfg.model.latent_dim, self.seed, self.conditional_classes)
         x = generate(net, z[idx], None if labels is None else labels[idx], self.device)
-        if not self.mixture:
-            feats, pred = predict(self.classifier, x)
+        if self.extractor is not None:
+            feats, pred = self.extractor(x)
             x = torch.cat([feats, pred.unsqueeze(1).float()], 1)
         return gather_interleave(x.to(self.device), self.n).cpu()
 
     def score(self, rows: torch.Tensor) -> dict[str, float]:
         if self.mixture:
             return mixture.mode_metrics(rows, self.cfg.dataset.name)
-        real_feats, real_pred = self.real
+        real_feats, real_pred = self.extractor.reference()
         return image_metrics(real_feats, real_pred, rows[:, :-1], rows[:, -1].long(), self.info["num_classes"])
 
     def __call__(self, G: nn.Module) -> dict[str, float]:

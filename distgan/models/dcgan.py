@@ -11,19 +11,14 @@ from torch import nn
 
 from distgan.config import ModelConfig
 from distgan.errors import UserError
+from distgan.models.layers import IMAGE_LAYOUTS, image_layout
+from distgan.models.layers import norm2d as _norm
+
+SIZES = tuple(IMAGE_LAYOUTS)
 
 
 def _layout(size: int) -> tuple[int, int]:
-    """(starting size, number of 2x up/down-samplings) for an image size."""
-    if size == 28:
-        return 7, 2
-    if size in (32, 64):
-        return 4, {32: 3, 64: 4}[size]
-    raise UserError(f"model=dcgan supports 28, 32 and 64 px images, got {size}; set dataset.image_size")
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
+    return image_layout("dcgan", size)
 
 
 class DCGANGenerator(nn.Module):

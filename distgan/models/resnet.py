@@ -13,18 +13,14 @@ from torch import nn
 
 from distgan.config import ModelConfig
 from distgan.errors import UserError
+from distgan.models.layers import IMAGE_LAYOUTS, image_layout
+from distgan.models.layers import norm2d as _norm
+
+SIZES = tuple(IMAGE_LAYOUTS)
 
 
 def _layout(size: int) -> tuple[int, int]:
-    """(G's starting size, number of 2x resamplings) for an image size."""
-    layouts = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
-    if size not in layouts:
-        raise UserError(f"model=resnet supports 28, 32 and 64 px images, got {size}; set dataset.image_size")
-    return layouts[size]
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
+    return image_layout("resnet", size)
 
 
 class GBlock(nn.Module):
