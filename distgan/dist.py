@@ -36,10 +36,10 @@ _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
-    """One DDP per network (DESIGN.md §4.1), without the per-forward buffer sync
-    (``broadcast_buffers=False``): DDP would otherwise overwrite BatchNorm's running stats in place
-    before every forward, which breaks calling D on real and on fake
-    before one backward (pytorch #22095). Running stats stay per rank; checkpoints take rank 0's."""
+    """One DDP per network (one DDP around both G and D fails or needs find_unused_parameters), without
+    the per-forward buffer sync (``broadcast_buffers=False``): DDP would otherwise overwrite BatchNorm's
+    running stats in place before every forward, which breaks calling D on real and on fake before one
+    backward (pytorch #22095). Running stats stay per rank; checkpoints take rank 0's."""
     if world_size() == 1:
         return module
     ids = [device.index] if device.type == "cuda" else None

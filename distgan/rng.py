@@ -9,11 +9,12 @@ see the same numbers, and a resumed run needs no generator state beyond its step
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 import torch
 
 
+@unique
 class Stream(IntEnum):
     """The one table of stream ids. The counter each stream is indexed by is named beside it."""
 

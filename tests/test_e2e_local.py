@@ -52,9 +52,11 @@ def test_train_two_workers_then_resume(tmp_path, fashion_root):
     assert "num_workers: 2" in (run / "config.yaml").read_text()
     assert oct((run).stat().st_mode & 0o777) == "0o700"
 
-    # resume=auto (the default) in the same run directory continues from step 20
+    assert "resuming" not in first.stdout
+    # resume=auto (the default) in the same run directory continues from step 20, and says so
     second = run_cli(*common, "train.steps=30")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from checkpoints/step_0000020 (step 20 of 30)" in second.stdout.splitlines()
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20, 25, 30], steps
     assert scalars(run / "tb" / "rank1", "loss/D") == [5, 10, 15, 20, 25, 30]

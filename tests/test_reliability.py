@@ -86,7 +86,7 @@ def test_corrupt_checkpoint_is_named_and_resume_falls_back(tmp_path, caplog):
 
 
 def test_every_torch_load_is_weights_only():
-    """Unpickling a checkpoint must never run code (DESIGN.md §4.8)."""
+    """Unpickling a checkpoint must never run code (docs/reliability.md)."""
     calls = []
     for path in [*ROOT.glob("distgan/**/*.py"), *ROOT.glob("launch/*.py"), *ROOT.glob("bench/**/*.py")]:
         text = path.read_text()

@@ -1,4 +1,4 @@
-"""Ray clusters that distgan starts are usable only with the run's token (DESIGN.md §5): the token is
+"""Ray clusters that distgan starts are usable only with the run's token (docs/reliability.md): the token is
 per run, readable only by the user, and a client without it is refused.
 
 The Ray head here is started by this test with its own --temp-dir and port and stopped by killing its

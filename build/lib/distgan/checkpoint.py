@@ -1,0 +1,188 @@
+"""Atomic, verified checkpoints of the full training state.
+
+Layout under ``<run_dir>/checkpoints``::
+
+    step_0000500/state.pt     G, D, G_ema, both optimizers, scaler, step, RNG, config, fixed latents
+    step_0000500/meta.json    step and the sha256 of state.pt (written last: no meta, no checkpoint)
+    latest -> step_0000500    symlink, swapped atomically
+    best/                     the best checkpoint by the sample-quality metrics (train.eval_every)
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a process killed
+while saving leaves the previous checkpoint untouched. Loading checks the sha256 and uses
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgan.errors import UserError
+
+STATE, META, LATEST, BEST = "state.pt", "meta.json", "latest", "best"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``state`` as ``root/step_XXXXXXX`` atomically, point ``latest`` at it, keep the newest
+    ``keep`` checkpoints (and any named ``best``)."""
+    root = Path(root)
+    final = _write_folder(root, f"step_{step:07d}", state, {"step": step})
+    link = root / f".{LATEST}.{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(final.name)
+    os.replace(link, root / LATEST)
+    for old in list_checkpoints(root)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_best(root: str | Path, step: int, state: dict[str, Any], scores: dict[str, float]) -> Path:
+    """Write ``state`` as ``root/best`` (its ``meta.json`` also holds the ``scores``), replacing the
+    previous best. A real folder, not a link: retention deletes ``step_*`` folders and never ``best``."""
+    return _write_folder(Path(root), BEST, state, {"step": step, "scores": scores})
+
+
+def _write_folder(root: Path, name: str, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """``state`` and ``meta`` (plus the state file's sha256 and size) as ``root/name``: written into a
+    hidden temporary folder, fsynced, then renamed into place. An existing ``root/name`` (the same step
+    saved again after a restart, or the previous best) is moved aside first — a folder cannot be
+    replaced in one rename — and deleted only once the new one is in place."""
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root)
+    final = root / name
+    tmp, old = root / f".tmp-{name}-{os.getpid()}", root / f".tmp-old-{name}-{os.getpid()}"
+    tmp.mkdir()
+    torch.save(state, tmp / STATE)
+    _fsync(tmp / STATE)
+    meta = {**meta, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
+    (tmp / META).write_text(json.dumps(meta))
+    _fsync(tmp / META)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def best_scores(root: str | Path) -> dict[str, float] | None:
+    """The scores recorded with ``root/best`` (to continue the comparison after a resume), if any."""
+    return read_meta(Path(root) / BEST).get("scores")
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Half-written folders of saves that were killed (only one process, rank 0, saves into ``root``)."""
+    for tmp in root.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Finished checkpoint folders under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and (p / META).exists()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def newest(root: str | Path) -> str:
+    """The newest finished checkpoint under ``root`` as a string for messages ("none" if there is none)."""
+    found = list_checkpoints(root)
+    return str(found[0]) if found else "none"
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint folder's meta.json (step, sha256, bytes; scores for best), {} if unreadable."""
+    try:
+        return json.loads((Path(folder) / META).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint folder a user path means: a step folder, ``latest``, a run's ``checkpoints``
+    folder, a run directory, or a ``state.pt`` file."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_file() and p.name == STATE:
+        return p.parent
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    if (p / LATEST).exists():
+        p = p / LATEST
+    if not p.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass a run directory, its checkpoints/latest "
+                        "or a checkpoints/step_* folder")
+    if not (p / STATE).is_file():
+        raise UserError(f"{path} holds no checkpoint ({STATE} missing)")
+    return p.resolve()
+
+
+def verify(folder: Path) -> Path:
+    """Check ``folder``'s state file against the sha256 in its meta file; return the state file."""
+    state_file, meta_file = folder / STATE, folder / META
+    if meta_file.exists():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            raise UserError(f"checkpoint {meta_file} is corrupt (unreadable JSON)") from None
+        if _sha256(state_file) != meta.get("sha256"):
+            raise UserError(f"checkpoint {state_file} is corrupt or truncated (sha256 mismatch)")
+    return state_file
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint; a truncated or corrupt file raises a UserError naming it."""
+    state_file = verify(resolve(path))
+    try:
+        return torch.load(state_file, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise UserError(f"checkpoint {state_file} is unreadable: {str(e).splitlines()[0][:200]}") from None
+
+
+def load_latest(root: str | Path, map_location: str | torch.device = "cpu", verify_only: bool = False):
+    """Newest loadable checkpoint under ``root`` as ``(folder, state, skipped)``; ``skipped`` names the
+    newer ones that failed verification. ``(None, None, skipped)`` if none loads. ``verify_only``: check
+    the sha256 without unpickling (``state`` is then None)."""
+    skipped = []
+    for folder in list_checkpoints(root):
+        try:
+            if verify_only:
+                verify(folder)
+                return folder, None, skipped
+            return folder, load(folder, map_location), skipped
+        except UserError as e:
+            skipped.append(str(e))
+    return None, None, skipped
+
+
+def check_architecture(module: torch.nn.Module, state_dict: dict[str, Any], what: str, source: str) -> None:
+    """A clear UserError, instead of load_state_dict's shape traceback, when ``state_dict`` was saved from
+    another architecture than ``module`` (other model, width, latent size, data shape or classes)."""
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if mine != theirs:
+        raise UserError(f"checkpoint {source} holds a different {what} architecture than this config "
+                        "(check model=, model.width, model.latent_dim and dataset); use resume=never, "
+                        "a new run directory or the checkpoint's model settings")

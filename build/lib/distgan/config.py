@@ -1,0 +1,191 @@
+"""Typed configuration: the schema Hydra's YAML is merged into, and its validation.
+
+Workers receive a plain :class:`Config` dataclass, never a ``DictConfig``. :func:`validate`, which the
+launcher calls before any worker or job starts, checks the settings every run shares here and hands the
+rest to their owners: the cluster backend (distgan/launcher/backends.py), the dataset and the model
+registries (distgan/data, distgan/models) and the loss registry (distgan/losses.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from distgan.errors import UserError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_DECAYS = ("none", "linear", "cosine")
+G_ACTIVATIONS = ("leaky_relu", "relu")
+NORMS = ("batch", "none")
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"  # local | slurm
+    # --- local (and the worker count on slurm CPU nodes) ---
+    num_workers: int | None = None  # DDP workers; null = all GPUs if any, else 2
+    use_gpu: bool | None = None  # null = auto-detect (torch.cuda.is_available())
+    cpus_per_worker: int = 1  # CPU threads per worker (torch.set_num_threads)
+    max_failures: int = 0  # worker-group restarts from the last checkpoint (Ray FailureConfig)
+    # --- slurm ---
+    nodes: int = 1  # SLURM nodes, one task (Ray node) per node
+    gpus_per_node: int = 0  # GPUs per node; 0 = CPU nodes
+    cpus_per_task: int = 2  # CPUs per node task (the Ray node's CPUs)
+    workers_per_node: int = 1  # CPU nodes: DDP workers per node (GPU nodes: one per GPU)
+    mem_gb: int | None = None  # memory per node in GB; null = site default
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    timeout_min: int = 60  # job time limit, minutes
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load …)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options
+    max_requeues: int = 3  # requeues on time limit / preemption
+    signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
+    wait: bool = False  # follow the job until it ends instead of returning after submission
+    folder: str | None = None  # submitit log folder; null = <run_dir>/slurm
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dcgan"  # mlp | dcgan | resnet
+    latent_dim: int = 64  # size of z
+    width: int = 64  # base channel count (conv) / unit multiplier (mlp)
+    dropout: float = 0.0  # D dropout (mlp only)
+    activation_g: str = "leaky_relu"  # mlp G's hidden activation: leaky_relu (the blog post's) | relu
+    norm_g: str = "batch"  # G normalisation: batch | none
+    norm_d: str = "none"  # D normalisation: batch | none
+    spectral_norm: bool = False  # spectral normalisation on every D layer
+    conditional: bool = False  # class-conditional G (class embedding + z) and projection D; labelled data only
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None  # folder holding the data; null = ~/.cache/distgan/data
+    download: bool = False  # let torchvision download when the files are missing
+    image_size: int | None = None  # resize to this many pixels; null = native size
+    num_samples: int = 60000  # 2D mixtures: points in the (generated) training set
+    num_classes: int = 0  # filled in from the data (labelled image sets); 0 = unlabelled
+
+
+@dataclass
+class LossConfig:
+    name: str = "bce"
+    gp_weight: float = 10.0  # wgan_gp: gradient-penalty weight
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # generator steps
+    batch_size: int = 64  # GLOBAL batch, split evenly over workers
+    seed: int = 0
+    n_critic: int = 1  # D steps per G step
+    lr_g: float = 2e-4  # G and D learning rates: different values give two-time-scale updates (TTUR)
+    lr_d: float = 2e-4
+    beta1: float = 0.5  # Adam betas
+    beta2: float = 0.999
+    lr_decay: str = "none"  # none | linear | cosine: both learning rates fall to 0 at train.steps
+    lr_decay_start: float = 0.0  # fraction of train.steps run at the full rate before the decay begins
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    compile: bool = False  # torch.compile G (and D unless a gradient penalty needs double backward); CUDA only
+    ema_kimg: float = 0.0  # G_ema half-life in thousands of images; 0 = no EMA
+    r1_gamma: float = 0.0  # R1 penalty weight on real data; 0 = off
+    r1_interval: int = 16  # lazy R1: every this many D steps
+    log_every: int = 50  # steps between log ticks (TensorBoard scalars, progress)
+    sample_every: int = 500  # steps between sample grids
+    checkpoint_every: int = 500  # steps between checkpoints
+    eval_every: int = 0  # steps between metric evaluations; 0 = off
+    keep_checkpoints: int = 3  # newest checkpoints kept (older ones deleted)
+    num_sample_images: int = 64  # images in the sample grid
+    skip_nonfinite: bool = False  # skip (and count) an update with a non-finite gradient instead of stopping
+    keep_samples: int = 100  # newest sample PNGs kept in samples/ (TensorBoard keeps all); 0 = keep all
+
+
+@dataclass
+class Config:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resume: str = "auto"  # auto | never | PATH to a checkpoint
+    run_dir: str = ""  # absolute; filled in by the launcher from hydra.run.dir
+    experiment: str | None = None  # name of the experiment recipe, if any
+
+
+def _positive(name: str, value: float) -> None:
+    if value is None or value <= 0:
+        raise UserError(f"{name} must be positive, got {value!r}")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _check_train(t: TrainConfig) -> None:
+    _one_of("train.precision", t.precision, PRECISIONS)
+    _one_of("train.lr_decay", t.lr_decay, LR_DECAYS)
+    for name in ("steps", "batch_size", "n_critic", "log_every", "sample_every", "checkpoint_every",
+                 "num_sample_images", "r1_interval", "keep_checkpoints", "lr_g", "lr_d"):
+        _positive(f"train.{name}", getattr(t, name))
+    for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples"):
+        if getattr(t, name) < 0:
+            raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
+    if not 0.0 <= t.lr_decay_start < 1.0:
+        raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
+
+
+def _check_model_settings(m: ModelConfig) -> None:
+    _positive("model.latent_dim", m.latent_dim)
+    _positive("model.width", m.width)
+    for name in ("norm_g", "norm_d"):
+        if getattr(m, name) not in NORMS:
+            raise UserError(f"model.{name} must be 'batch' or 'none', got {getattr(m, name)!r}")
+    _one_of("model.activation_g", m.activation_g, G_ACTIVATIONS)
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
+
+
+def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
+    """Raise :class:`UserError` with a one-line fix for the first invalid setting. The checks that need no
+    torch run first, so a typo in a number is answered before torch is imported."""
+    from distgan.launcher.backends import backend  # imports neither torch nor Ray
+
+    _check_train(cfg.train)
+    _check_model_settings(cfg.model)
+    if cfg.resume not in ("auto", "never") and not cfg.resume:
+        raise UserError("resume must be auto, never or a checkpoint path")
+    cluster = backend(cfg.cluster.name)
+    cluster.check(cfg, cuda_devices)
+    _positive("cluster.cpus_per_worker", cfg.cluster.cpus_per_worker)
+    workers = cluster.world_size(cfg, cuda_devices)
+    if cfg.train.batch_size % workers:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over {workers} workers; "
+                        f"use a multiple of {workers}")
+    from distgan import data, losses, models  # the registries: these import torch
+
+    data.check(cfg)
+    models.check(cfg)
+    losses.spec(cfg.loss.name)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of :func:`to_dict` (used for configs saved in checkpoints)."""
+    return Config(
+        cluster=ClusterConfig(**d.get("cluster", {})),
+        model=ModelConfig(**d.get("model", {})),
+        dataset=DatasetConfig(**d.get("dataset", {})),
+        loss=LossConfig(**d.get("loss", {})),
+        train=TrainConfig(**d.get("train", {})),
+        resume=d.get("resume", "auto"),
+        run_dir=d.get("run_dir", ""),
+        experiment=d.get("experiment"),
+    )

@@ -1,0 +1,184 @@
+"""Small image sets decoded once into memory: Fashion-MNIST, MNIST, CIFAR-10 (torchvision's formats) and
+a folder of class subfolders.
+
+Images are kept as one uint8 ``(N, C, H, W)`` tensor per worker; a batch is indexed and scaled to
+[-1, 1] on the fly (no per-sample PIL work in the loop). Fashion-MNIST is found in ``dataset.root``,
+else in the Debian package ``dataset-fashion-mnist`` (unpacked once into ``dataset.root``), else
+downloaded by torchvision with ``dataset.download=true``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from distgan.config import DatasetConfig
+from distgan.errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
+_NOT_FOUND_HINTS = {
+    "fashion_mnist": ("put the idx files in {root}/FashionMNIST/raw, install the Debian package "
+                      "(apt-get install dataset-fashion-mnist), or set dataset.download=true"),
+    "mnist": "put the idx files in {root}/MNIST/raw or set dataset.download=true",
+    "cifar10": "put cifar-10-batches-py in {root} or set dataset.download=true",
+}
+
+
+def default_root() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distgan", "data")
+
+
+class MemoryDataset:
+    """The Dataset protocol over tensors: ``x`` uint8 (N, C, H, W) images or float (N, 2) points."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, num_classes: int):
+        self.x, self.labels, self.num_classes = x, labels, num_classes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.x.dim() == 4
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def item(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.labels[i]) if self.labels is not None else -1
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        x = self.x[idx]
+        if self.is_image:
+            return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0).contiguous()
+        return x.to(device, non_blocking=True)
+
+    def batch_labels(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        return None if self.labels is None else self.labels[idx].to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------- locating
+def _root(cfg: DatasetConfig) -> Path:
+    return Path(os.path.expanduser(cfg.root or default_root())).resolve()
+
+
+def _has_raw(root: Path, folder: str) -> bool:
+    raw = root / folder / "raw"
+    return all((raw / f).exists() for f in _IDX_FILES)
+
+
+def _unpack_debian(root: Path) -> bool:
+    """Decompress the Debian package's idx files into ``root/FashionMNIST/raw`` (torchvision's layout)."""
+    if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").exists() for f in _IDX_FILES):
+        return False
+    raw = root / "FashionMNIST" / "raw"
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in _IDX_FILES:
+            if (raw / name).exists():
+                continue
+            tmp = raw / f".{name}.{os.getpid()}.tmp"
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, raw / name)  # atomic: a concurrent reader never sees half a file
+    except OSError as e:
+        raise UserError(f"cannot unpack Fashion-MNIST into {raw}: {e.strerror}; set dataset.root to a "
+                        "writable folder") from None
+    return True
+
+
+def locate_torchvision(cfg: DatasetConfig) -> DatasetConfig:
+    """``dataset.root`` resolved to an absolute folder that holds the set, or a one-line UserError. Runs
+    in the launcher before any worker starts, so workers never race to unpack or download."""
+    root, name = _root(cfg), cfg.name
+    found = (_has_raw(root, TORCHVISION_CLASSES[name]) if name in ("fashion_mnist", "mnist")
+             else (root / "cifar-10-batches-py" / "data_batch_1").exists())
+    if found or (name == "fashion_mnist" and _unpack_debian(root)) or cfg.download:
+        return replace(cfg, root=str(root))  # with download=true torchvision fetches in load(), called once first
+    raise UserError(f"{name} not found in dataset.root={root}: {_NOT_FOUND_HINTS[name].format(root=root)}")
+
+
+def locate_folder(cfg: DatasetConfig) -> DatasetConfig:
+    root = _root(cfg)
+    if not root.is_dir():
+        raise UserError(f"dataset.root={root} is not a folder; point it at a folder of class subfolders")
+    return replace(cfg, root=str(root))
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> MemoryDataset:
+    """The (already located) training set, or with ``train=False`` its test split."""
+    root = Path(cfg.root or default_root())
+    folder = TORCHVISION_CLASSES[cfg.name]
+    if cfg.name in ("fashion_mnist", "mnist") and _has_raw(root, folder):
+        raw, prefix = root / folder / "raw", "train" if train else "t10k"
+        try:
+            x = _read_idx(raw / f"{prefix}-images-idx3-ubyte").unsqueeze(1)
+            labels = _read_idx(raw / f"{prefix}-labels-idx1-ubyte").long()
+            if len(labels) != len(x):
+                raise ValueError(f"{len(x)} images but {len(labels)} labels")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {cfg.name} from {root}: {e}") from None
+        return MemoryDataset(_resized(x, cfg.image_size), labels, 10)
+    import torchvision
+
+    try:
+        ds = getattr(torchvision.datasets, folder)(str(root), train=train, download=cfg.download)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise UserError(f"cannot read {cfg.name} from {root}: {str(e).splitlines()[0]}") from None
+    x = torch.as_tensor(ds.data)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    return MemoryDataset(_resized(x, cfg.image_size), torch.as_tensor(ds.targets, dtype=torch.long), len(ds.classes))
+
+
+def load_folder(cfg: DatasetConfig, seed: int = 0) -> MemoryDataset:
+    """Every image of a folder of class subfolders (torchvision ImageFolder), resized and centre-cropped."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    root = cfg.root or default_root()
+    try:
+        ds = torchvision.datasets.ImageFolder(root)
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"no images found under dataset.root={root} ({str(e).splitlines()[0]})") from None
+    size = cfg.image_size or 64
+    to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize(size), v2.CenterCrop(size)])
+    x = torch.stack([to_tensor(ds.loader(p).convert("RGB")) for p, _ in ds.samples])
+    return MemoryDataset(x, torch.tensor(ds.targets), len(ds.classes))
+
+
+def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size and size != x.shape[-1]:
+        import torchvision.transforms.v2.functional as TF
+
+        x = TF.resize(x, [size, size], antialias=True)
+    return x.contiguous()
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An idx file of bytes (MNIST's format: 0, 0, 0x08, ndim, big-endian sizes, data), as torchvision
+    reads it. Read here because importing torchvision costs ~1.4 CPU-s (it pulls in torch._dynamo), which
+    the launcher's pre-flight read of the data would spend before Ray starts (docs/benchmarks.md)."""
+    raw = path.read_bytes()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path.name} is not an idx file of bytes")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path.name} is truncated")
+    sizes = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = memoryview(raw)[4 + 4 * ndim:]
+    if len(body) != math.prod(sizes):
+        raise ValueError(f"{path.name} holds {len(body)} data bytes where its header says {math.prod(sizes)}: "
+                         "the file is truncated or corrupt")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*sizes)

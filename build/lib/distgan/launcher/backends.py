@@ -1,0 +1,121 @@
+"""Where the DDP workers run: one entry per ``cluster=`` option, with its rules, its world size and its
+launcher. Imports neither torch nor Ray nor submitit (config validation uses it); launching imports them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from distgan.config import ClusterConfig, Config
+from distgan.errors import UserError
+
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+@dataclass(frozen=True)
+class Backend:
+    check: Callable[[Config, int], None]  # (cfg, CUDA devices here) -> UserError on a bad cluster setting
+    world_size: Callable[[Config, int], int]  # DDP workers of the run
+    use_gpu: Callable[[Config, int], bool]
+    launch: Callable[[Config, int], str]  # train (or submit) the run; returns what to print
+    local_gpus: bool  # whether the GPUs are this machine's (the driver counts them) or the nodes'
+    check_environment: Callable[[Config], None] = lambda cfg: None  # site checks before anything starts
+
+
+def _positive(name: str, value) -> None:
+    if value is None or value <= 0:
+        raise UserError(f"{name} must be positive, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------- local
+def _local_use_gpu(cfg: Config, cuda_devices: int) -> bool:
+    c = cfg.cluster
+    return bool(cuda_devices) if c.use_gpu is None else bool(c.use_gpu)
+
+
+def _local_world_size(cfg: Config, cuda_devices: int) -> int:
+    if cfg.cluster.num_workers is not None:
+        return cfg.cluster.num_workers
+    return cuda_devices if _local_use_gpu(cfg, cuda_devices) and cuda_devices else 2
+
+
+def _local_check(cfg: Config, cuda_devices: int) -> None:
+    if cfg.cluster.num_workers is not None:
+        _positive("cluster.num_workers", cfg.cluster.num_workers)
+    workers = _local_world_size(cfg, cuda_devices)
+    if _local_use_gpu(cfg, cuda_devices) and workers > cuda_devices:
+        raise UserError(f"cluster.num_workers={workers} asks for more GPUs than the {cuda_devices} present; "
+                        f"set cluster.num_workers<={cuda_devices} or cluster.use_gpu=false")
+
+
+def _local_launch(cfg: Config, cuda_devices: int) -> str:
+    from distgan.launcher import local
+
+    return local.launch(cfg, cuda_devices)
+
+
+# ------------------------------------------------------------------------------------------- slurm
+def workers_per_node(c: ClusterConfig) -> int:
+    """DDP workers on each SLURM node: one per GPU, else ``cluster.workers_per_node``."""
+    return c.gpus_per_node or c.workers_per_node
+
+
+def _slurm_check(cfg: Config, cuda_devices: int) -> None:
+    c = cfg.cluster
+    for name in ("nodes", "cpus_per_task", "timeout_min", "workers_per_node"):
+        _positive(f"cluster.{name}", getattr(c, name))
+    for name in ("gpus_per_node", "max_requeues"):
+        if getattr(c, name) < 0:
+            raise UserError(f"cluster.{name} must be >= 0, got {getattr(c, name)}")
+    time = c.additional_parameters.get("time")
+    if time is not None and not _SLURM_TIME.match(str(time)):
+        raise UserError(f"malformed SLURM time {time!r}; use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
+
+
+def _slurm_check_environment(cfg: Config) -> None:
+    from distgan.launcher import slurm
+
+    slurm.check_environment(cfg)
+
+
+def _slurm_launch(cfg: Config, cuda_devices: int) -> str:
+    from distgan.launcher import slurm
+
+    return slurm.launch(cfg)
+
+
+BACKENDS: dict[str, Backend] = {
+    "local": Backend(_local_check, _local_world_size, _local_use_gpu, _local_launch, local_gpus=True),
+    "slurm": Backend(_slurm_check, lambda cfg, _: cfg.cluster.nodes * workers_per_node(cfg.cluster),
+                     lambda cfg, _: cfg.cluster.gpus_per_node > 0, _slurm_launch, local_gpus=False,
+                     check_environment=_slurm_check_environment),
+}
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UserError(f"unknown cluster {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def world_size(cfg: Config, cuda_devices: int = 0) -> int:
+    return backend(cfg.cluster.name).world_size(cfg, cuda_devices)
+
+
+def use_gpu(cfg: Config, cuda_devices: int = 0) -> bool:
+    return backend(cfg.cluster.name).use_gpu(cfg, cuda_devices)
+
+
+def cuda_devices_for(cfg: Config) -> int:
+    """The CUDA devices a run can use from this process: this machine's for cluster=local, none counted
+    here for clusters whose nodes bring their own. Without GPU device nodes torch would find none: then
+    it is not imported (~2 s), so a mistyped setting is answered at once."""
+    if not backend(cfg.cluster.name).local_gpus or not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

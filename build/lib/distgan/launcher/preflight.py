@@ -1,0 +1,131 @@
+"""Every check of a run that can fail on user input, once per launch, in the driver, before anything is
+started or written: the config (distgan.config.validate), the data, the run directory, its checkpoints
+and the cluster's environment. Then the run directory is created."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from distgan.config import Config, to_dict, validate
+from distgan.errors import UserError
+from distgan.launcher.backends import backend, cuda_devices_for
+from distgan.rundir import RunDir
+
+log = logging.getLogger("distgan")
+
+
+@dataclass(frozen=True)
+class Checked:
+    cfg: Config  # validated, with dataset.root resolved
+    cuda_devices: int  # CUDA devices this process can give the run (cluster=local)
+    resume_note: str | None  # "resuming from checkpoints/step_0000030 (step 30 of 45)" when a run continues
+
+
+_DONE: dict[tuple[str, str], Checked] = {}  # the pre-check and Hydra's run see the same run: check it once
+
+
+def preflight(cfg: Config) -> Checked:
+    key = (cfg.run_dir, json.dumps(to_dict(cfg), sort_keys=True, default=str))
+    if key not in _DONE:
+        _DONE[key] = _preflight(cfg)
+    return _DONE[key]
+
+
+def _preflight(cfg: Config) -> Checked:
+    cuda = cuda_devices_for(cfg)
+    validate(cfg, cuda_devices=cuda)  # its first checks need no torch: a typo is answered before importing it
+    from distgan import data
+
+    cfg = replace(cfg, dataset=data.locate(cfg.dataset))
+    _check_data_readable(cfg)
+    run_dir = RunDir(cfg.run_dir)
+    _check_writable(run_dir.path)
+    note = _check_checkpoints(cfg, run_dir)
+    backend(cfg.cluster.name).check_environment(cfg)
+    return Checked(cfg, cuda, note)
+
+
+def _check_data_readable(cfg: Config) -> None:
+    """Decode a small in-memory training set once here, so a corrupt file is one line now and not a crash
+    in every worker later."""
+    from distgan import data
+
+    if not data.spec(cfg.dataset.name).check_readable:
+        return
+    try:
+        n = len(data.load(cfg.dataset, seed=cfg.train.seed))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torchvision asserts, unpickling errors, … all mean a bad file
+        raise UserError(f"cannot read {cfg.dataset.name} from dataset.root={cfg.dataset.root} "
+                        f"({type(e).__name__}{': ' + str(e).splitlines()[0][:120] if str(e) else ''}); the files "
+                        "look truncated or corrupt: delete them and copy them again") from None
+    if cfg.train.batch_size > n:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than {cfg.dataset.name} ({n} images)")
+
+
+def _check_writable(path: Path) -> None:
+    """Probe by creating (and removing) a folder: ``os.access`` says yes to root on read-only mounts."""
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        Path(tempfile.mkdtemp(prefix=".distgan-probe-", dir=probe)).rmdir()
+    except OSError as e:
+        raise UserError(f"run directory {path} is not writable ({e.strerror}); set hydra.run.dir to a folder "
+                        "you can write") from None
+
+
+def _check_checkpoints(cfg: Config, run_dir: RunDir) -> str | None:
+    """What the workers will resume from, checked now; returns the line that says so."""
+    from distgan import checkpoint
+
+    found = checkpoint.list_checkpoints(run_dir.checkpoints)
+    if cfg.resume == "never" and found:
+        raise UserError(f"{run_dir} already holds checkpoints and resume=never; use resume=auto to continue "
+                        "it or a new hydra.run.dir")
+    if found:
+        # resume=auto (or PATH) on a run with checkpoints: the newest that verifies is used; if none does,
+        # stop here rather than silently starting over (and later deleting the evidence by retention)
+        folder, _, skipped = checkpoint.load_latest(run_dir.checkpoints, verify_only=True)
+        if folder is None:
+            raise UserError(f"no checkpoint in {run_dir.checkpoints} is readable ({skipped[0]}); use a new "
+                            "hydra.run.dir, or resume=PATH with a good checkpoint")
+        for reason in skipped:  # the workers fall back to ``folder`` the same way
+            log.warning("skipping a checkpoint: %s", reason)
+        return _resume_note(folder.relative_to(run_dir.path), checkpoint.read_meta(folder).get("step"), cfg)
+    if cfg.resume not in ("auto", "never"):
+        state = _check_resume_checkpoint(cfg)
+        return _resume_note(cfg.resume, state.step, cfg)
+    return None
+
+
+def _resume_note(source, step, cfg: Config) -> str:
+    return f"resuming from {source} (step {step} of {cfg.train.steps})"
+
+
+def _check_resume_checkpoint(cfg: Config):
+    """``resume=PATH``: the checkpoint must load and match this config's architecture."""
+    from distgan import checkpoint
+    from distgan.models import build_models
+    from distgan.state import TrainState
+
+    state = TrainState.from_dict(checkpoint.load(cfg.resume), cfg.resume)
+    num_classes = int(state.num_classes or 0) if cfg.model.conditional else 0
+    G, D = build_models(cfg.model, tuple(state.data_shape or ()), num_classes)
+    checkpoint.check_architecture(G, state.G, "generator", cfg.resume)
+    checkpoint.check_architecture(D, state.D, "discriminator", cfg.resume)
+    return state
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run directory private to the user and save the resolved config."""
+    run_dir = RunDir(cfg.run_dir)
+    run_dir.create(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return run_dir.path

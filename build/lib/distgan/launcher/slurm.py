@@ -1,0 +1,137 @@
+"""cluster=slurm, the login-node side: submit one job (one task per node) with submitit; the job runs a
+Ray cluster.
+
+:func:`launch`: check the site (sbatch, partition), write the per-run Ray token, submit, print where
+everything goes, and either return or (``cluster.wait=true``) follow the job to its end.
+:func:`run_in_allocation`: the same job started by a plain sbatch script instead (launch/slurm_allocation.py).
+Inside the job every task runs :class:`distgan.launcher.slurm_job.SlurmJob`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from distgan.config import Config
+from distgan.errors import UserError
+from distgan.launcher.progress import follow, summary
+from distgan.launcher.ray_train import secure_ray_env
+from distgan.rundir import RunDir
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+            "DEADLINE", "PREEMPTED")
+
+
+def check_environment(cfg: Config) -> None:
+    """Fail before submission: no SLURM client tools, or a partition the cluster does not have."""
+    if shutil.which("sbatch") is None:
+        raise UserError("sbatch not found: cluster=slurm must run on a SLURM login node (or use cluster=local)")
+    if cfg.cluster.partition:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UserError(f"cannot ask SLURM for its partitions (sinfo: {e}); is slurmctld reachable?") from None
+        partitions = sorted(set(out.stdout.split()))
+        if out.returncode == 0 and cfg.cluster.partition not in partitions:
+            raise UserError(f"no such partition {cfg.cluster.partition!r}; this cluster has: {', '.join(partitions)}")
+
+
+def executor_parameters(cfg: Config) -> dict:
+    """submitit parameters for one task per node (each task is one Ray node)."""
+    c = cfg.cluster
+    params = {
+        "name": f"distgan-{Path(cfg.run_dir).name}",
+        "nodes": c.nodes,
+        "tasks_per_node": 1,
+        "cpus_per_task": c.cpus_per_task,
+        "timeout_min": c.timeout_min,
+        "slurm_signal_delay_s": c.signal_delay_s,
+        "slurm_setup": list(c.setup),
+        "slurm_additional_parameters": dict(c.additional_parameters),
+        "stderr_to_stdout": True,
+    }
+    if c.gpus_per_node:
+        params["gpus_per_node"] = c.gpus_per_node
+    if c.mem_gb:
+        params["mem_gb"] = c.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(c, key):
+            params[f"slurm_{key}"] = getattr(c, key)
+    return params
+
+
+def job_state(job_id: str) -> str:
+    """The job's state from squeue (live jobs) or scontrol (recently ended); works without accounting."""
+    for cmd in (["squeue", "-h", "-j", job_id, "-o", "%T"], ["scontrol", "show", "job", job_id, "-o"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if cmd[0] == "squeue" and out:
+            return out.splitlines()[0]
+        for field in out.split():
+            if field.startswith("JobState="):
+                return field.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+def launch(cfg: Config) -> str:
+    import submitit
+
+    from distgan.launcher.slurm_job import SlurmJob
+
+    run_dir = RunDir(cfg.run_dir)
+    folder = Path(cfg.cluster.folder or run_dir.slurm)
+    secure_ray_env(run_dir.path)  # the token file, on shared storage, before any task starts
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                                     slurm_max_num_timeout=cfg.cluster.max_requeues)
+    executor.update_parameters(**executor_parameters(cfg))
+    try:
+        job = executor.submit(SlurmJob(cfg))
+    except (subprocess.CalledProcessError, FileNotFoundError, RuntimeError) as e:
+        detail = getattr(e, "stderr", None) or getattr(e, "output", None) or str(e)
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        lines = [line for line in str(detail).splitlines() if line.strip()]
+        raise UserError(f"sbatch refused the job: {lines[-1] if lines else e}") from None
+    info = (f"submitted SLURM job {job.job_id} ({cfg.cluster.nodes} node(s))\n"
+            f"logs          : {folder}/{job.job_id}_0_log.out (task 0: Ray head + driver)\n"
+            f"run directory : {run_dir}\n"
+            f"tensorboard   : tensorboard --logdir {run_dir.tb}\n"
+            f"follow        : squeue -j {job.job_id}; tail -f {run_dir.log}")
+    if not cfg.cluster.wait:
+        return info
+    print(info, flush=True)
+    state = {"value": "PENDING", "checked": 0.0}
+
+    def current() -> str:
+        if time.monotonic() - state["checked"] > 5:
+            state["value"], state["checked"] = job_state(str(job.job_id)), time.monotonic()
+        return state["value"]
+
+    last = follow(run_dir.path, cfg.train.steps, done=lambda: current() in TERMINAL,
+                  status=lambda: f"job {job.job_id} {current().lower()}", poll_s=2.0)
+    final = current()
+    if final != "COMPLETED":
+        raise UserError(f"SLURM job {job.job_id} ended {final}; see {folder}/{job.job_id}_0_log.out")
+    return summary(run_dir.path, last)
+
+
+def run_in_allocation(argv: list[str]) -> None:
+    """``srun python launch/slurm_allocation.py hydra.run.dir=DIR [overrides]`` in every task of a plain
+    sbatch job (slurm/ray_cluster.sbatch): the same job without submitit's submission or requeue."""
+    import submitit
+
+    from distgan.launcher.compose import load_config
+    from distgan.launcher.preflight import preflight, prepare_run_dir
+    from distgan.launcher.slurm_job import SlurmJob
+
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    if not run_dir:
+        raise UserError("pass hydra.run.dir=/shared/path/run (on storage every node sees)")
+    cfg = preflight(load_config(["cluster=slurm", *[a for a in argv if not a.startswith("hydra.")]], run_dir)).cfg
+    if submitit.JobEnvironment().global_rank == 0:
+        prepare_run_dir(cfg)
+    print(SlurmJob(cfg)())

@@ -1,0 +1,178 @@
+"""The feature network for image metrics: a small CNN classifier trained on the real training set.
+
+FD/KID/precision/recall are measured in the penultimate layer of a classifier distgan trains itself,
+once per dataset and settings, and caches on disk with its test accuracy; the real set's features are
+cached next to it. It needs no downloaded weights and sees the data's own classes. Numbers are comparable
+between runs that share a classifier (same cache key), not with published Inception FIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from distgan import data
+from distgan.config import DatasetConfig
+from distgan.data.memory import TORCHVISION_CLASSES, MemoryDataset, load_torchvision
+from distgan.errors import UserError
+
+log = logging.getLogger("distgan")
+FEATURES = 128  # size of the penultimate layer, the metrics' feature space
+
+
+@dataclass
+class ClassifierSettings:
+    """How the feature classifier is trained (each setting is part of its cache key). Also the schema of
+    ``launch/evaluate.py classifier.*``."""
+
+    epochs: int = 2
+    width: int = 16  # channels of the first conv; then 2w, 4w
+    batch_size: int = 128
+    lr: float = 2e-3
+    train_samples: int | None = None  # None = the whole training set (tests use a small subset)
+    real_samples: int = 10000  # real images whose features are the metrics' reference
+    seed: int = 0
+
+
+
+class Classifier(nn.Module):
+    """Three 3x3 conv blocks -> 4x4 pooled map -> 128 features -> logits. Works at 28, 32 and 64 px."""
+
+    def __init__(self, channels: int, num_classes: int, width: int):
+        super().__init__()
+        w = width
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(True), nn.AdaptiveAvgPool2d(4))
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, FEATURES), nn.ReLU(True))
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) of images in [-1, 1]."""
+        f = self.features(self.conv(x))
+        return f, self.head(F.dropout(f, 0.2, self.training))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    return Path(os.environ.get("DISTGAN_CLASSIFIER_CACHE", os.path.join(base, "distgan", "classifiers")))
+
+
+def cache_key(cfg: DatasetConfig, settings: ClassifierSettings) -> str:
+    """Dataset identity (name, size, folder for image_folder) + every setting: a changed one retrains."""
+    ident = {"dataset": cfg.name, "image_size": cfg.image_size, **asdict(settings)}
+    if cfg.name == "image_folder":
+        ident["root"] = str(Path(cfg.root or "").resolve())
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.name}-{cfg.image_size or 'native'}-{digest}"
+
+
+def _test_split(cfg: DatasetConfig, train: MemoryDataset, seed: int) -> tuple[MemoryDataset, MemoryDataset]:
+    """(train, test): the dataset's own test split where there is one, else a 10 % hold-out."""
+    if cfg.name in TORCHVISION_CLASSES:
+        return train, load_torchvision(cfg, train=False)
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    cut = len(train) // 10
+    test, rest = perm[:cut], perm[cut:]
+    return (MemoryDataset(train.x[rest], train.labels[rest], train.num_classes),
+            MemoryDataset(train.x[test], train.labels[test], train.num_classes))
+
+
+@torch.no_grad()
+def predict(model: Classifier, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 (N, 128), predicted class (N,)) of float images in [-1, 1] (any device)."""
+    model.eval()
+    feats, preds = [], []
+    device = next(model.parameters()).device
+    for i in range(0, len(images), batch):
+        f, logits = model(images[i:i + batch].to(device).float())
+        feats.append(f.float().cpu())
+        preds.append(logits.argmax(1).cpu())
+    return torch.cat(feats), torch.cat(preds)
+
+
+def _train(cfg: DatasetConfig, settings: ClassifierSettings) -> dict:
+    from tqdm import tqdm
+
+    full = data.load(cfg, seed=settings.seed)
+    if full.labels is None or full.num_classes < 2:
+        raise UserError(f"dataset={cfg.name} has no class labels: image metrics need a labelled dataset")
+    train, test = _test_split(cfg, full, settings.seed)
+    g = torch.Generator().manual_seed(settings.seed)
+    n = min(settings.train_samples or len(train), len(train))
+    subset = torch.randperm(len(train), generator=g)[:n]
+    torch.manual_seed(settings.seed)
+    model = Classifier(train.x.shape[1], train.num_classes, settings.width)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    steps = settings.epochs * (n // settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=max(steps, 1))
+    cpu = torch.device("cpu")
+    with tqdm(total=steps, desc=f"classifier for {cfg.name} (once, cached)", unit="step", leave=False) as bar:
+        for _ in range(settings.epochs):
+            order = subset[torch.randperm(n, generator=g)]
+            for i in range(0, n - settings.batch_size + 1, settings.batch_size):
+                idx = order[i:i + settings.batch_size]
+                _, logits = model(train.batch(idx, cpu))
+                loss = F.cross_entropy(logits, train.labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    _, pred = predict(model, test.batch(torch.arange(len(test)), cpu))
+    accuracy = float((pred == test.labels).float().mean())
+    log.info("classifier for %s: test accuracy %.4f", cfg.name, accuracy)
+    return {"model": model.state_dict(), "num_classes": train.num_classes, "channels": train.x.shape[1],
+            "test_accuracy": accuracy, "settings": asdict(settings)}
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a concurrent reader sees the old file or the whole new one
+
+
+def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings | None = None,
+                    train_if_missing: bool = True) -> tuple[Classifier, dict]:
+    """The cached classifier for this dataset and settings (trained now if missing): (model, info)."""
+    settings = settings or ClassifierSettings()
+    path = cache_dir() / f"{cache_key(cfg, settings)}.pt"
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+    elif train_if_missing:
+        state = _train(cfg, settings)
+        _atomic_save(state, path)
+    else:
+        raise FileNotFoundError(path)
+    model = Classifier(state["channels"], state["num_classes"], settings.width)
+    model.load_state_dict(state["model"])
+    info = {"test_accuracy": state["test_accuracy"], "num_classes": state["num_classes"],
+            "channels": state["channels"], "path": str(path)}
+    return model.eval().requires_grad_(False), info
+
+
+def real_reference(cfg: DatasetConfig, model: Classifier,
+                   settings: ClassifierSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, predicted classes) of a fixed subset of real training images, cached by key."""
+    settings = settings or ClassifierSettings()
+    path = cache_dir() / f"{cache_key(cfg, settings)}-real{settings.real_samples}.pt"
+    if path.exists():
+        ref = torch.load(path, weights_only=True)
+        return ref["features"], ref["pred"]
+    real = data.load(cfg, seed=settings.seed)
+    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(settings.seed + 1))
+    idx = idx[:settings.real_samples]
+    feats, pred = predict(model, real.batch(idx, torch.device("cpu")))
+    _atomic_save({"features": feats, "pred": pred}, path)
+    return feats, pred

@@ -1,0 +1,69 @@
+"""Feature extractors for the image metrics, behind one registry: the evaluator asks ``FEATURES[name]`` for
+the network whose feature space FD, KID and precision/recall are measured in.
+
+An extractor is built from the dataset's config, is made ready on every rank with :meth:`prepare` (which
+may use collectives), maps images in [-1, 1] to ``(features, predicted classes or None)`` and gives the
+real data's reference features. ``info`` is recorded with every score.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.distributed as tdist
+
+from distgan import dist
+from distgan.config import DatasetConfig
+from distgan.metrics.classifier import Classifier, ClassifierSettings, load_classifier, predict, real_reference
+
+
+class FeatureExtractor(Protocol):
+    name: str
+    info: dict  # recorded with every score: what the features are
+
+    def prepare(self, device: torch.device) -> None:
+        """Every rank, before the first call (may use collectives)."""
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(float32 features (N, F) on the CPU, predicted classes (N,) or None) of images in [-1, 1]."""
+
+    def reference(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The real data's features (and classes), on rank 0."""
+
+
+class ClassifierFeatures:
+    """The penultimate layer of a small classifier distgan trains on the real data (metrics/classifier.py).
+    Rank 0 loads it (training it once if it is not cached) and sends it to the other ranks, whose nodes
+    may not share rank 0's cache folder."""
+
+    name = "classifier"
+
+    def __init__(self, dataset: DatasetConfig, settings: ClassifierSettings | None = None):
+        self.dataset, self.settings = dataset, settings or ClassifierSettings()
+        self.model: Classifier | None = None
+        self.info: dict = {}
+
+    def prepare(self, device: torch.device) -> None:
+        if self.model is None:
+            if dist.rank() == 0:
+                self.model, self.info = load_classifier(self.dataset, self.settings)
+                self._real = real_reference(self.dataset, self.model, self.settings)
+            if dist.world_size() > 1:
+                payload = [self.model.state_dict() if dist.rank() == 0 else None, self.info]
+                tdist.broadcast_object_list(payload, src=0)
+                if dist.rank() != 0:
+                    weights, self.info = payload
+                    self.model = Classifier(self.info["channels"], self.info["num_classes"], self.settings.width)
+                    self.model.load_state_dict(weights)
+                    self.model.eval().requires_grad_(False)
+        self.model.to(device)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict(self.model, images)
+
+    def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._real
+
+
+FEATURES = {"classifier": ClassifierFeatures}

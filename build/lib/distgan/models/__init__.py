@@ -1,0 +1,85 @@
+"""Model registry: ``MODELS[name]`` declares what a model trains on and builds ``(G, D)``.
+
+``shape`` is the data shape without the batch dimension: ``(C, H, W)`` for images, ``(2,)`` for the
+2D mixtures. Every D returns raw logits of shape ``(N,)``; every G maps ``(N, latent_dim)`` to data.
+Conditional models (``model.conditional=true``) take class labels too: ``G(z, y)`` and ``D(x, y)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from distgan.config import Config, ModelConfig
+from distgan.errors import UserError
+from distgan.models.conditional import ConditionalGenerator, ProjectionDiscriminator
+from distgan.models.dcgan import SIZES as DCGAN_SIZES
+from distgan.models.dcgan import build_dcgan
+from distgan.models.layers import apply_spectral_norm
+from distgan.models.mlp import build_mlp
+from distgan.models.resnet import SIZES as RESNET_SIZES
+from distgan.models.resnet import build_resnet
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[ModelConfig, tuple[int, ...]], tuple[nn.Module, nn.Module]]
+    data: tuple[str, ...]  # dataset kinds it trains on ("image", "points"; distgan.data.DATASETS)
+    sizes: tuple[int, ...] | None = None  # square image sides it supports; None: any
+    channels_last: bool = False  # a conv model: channels_last memory format on CUDA
+    check: Callable[[Config], None] | None = None  # the model's own settings rules
+
+
+def _leaky_relu_only(cfg: Config) -> None:
+    if cfg.model.activation_g != "leaky_relu":
+        raise UserError(f"model.activation_g applies to model=mlp; the {cfg.model.name} generator always uses ReLU")
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(build_mlp, data=("image", "points")),
+    "dcgan": ModelSpec(build_dcgan, data=("image",), sizes=DCGAN_SIZES, channels_last=True, check=_leaky_relu_only),
+    "resnet": ModelSpec(build_resnet, data=("image",), sizes=RESNET_SIZES, channels_last=True,
+                        check=_leaky_relu_only),
+}
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def check(cfg: Config) -> None:
+    """The model's rules against the data it is given, run by :func:`distgan.config.validate`."""
+    from distgan import data
+
+    model, kind = spec(cfg.model.name), data.spec(cfg.dataset.name).kind
+    if kind not in model.data:
+        fits = [n for n, m in MODELS.items() if kind in m.data]
+        raise UserError(f"dataset={cfg.dataset.name} is {'2D points' if kind == 'points' else kind + 's'}: "
+                        f"use model={' or model='.join(fits)}")
+    size = data.image_size(cfg.dataset)
+    if model.sizes and size not in model.sizes:
+        raise UserError(f"model={cfg.model.name} supports {', '.join(map(str, model.sizes))} px images, got {size}; "
+                        "set dataset.image_size")
+    if model.check:
+        model.check(cfg)
+
+
+def build_models(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """``num_classes``: classes of the (labelled) dataset; needed when ``cfg.conditional``."""
+    build = spec(cfg.name).build
+    if not cfg.conditional:
+        G, D = build(cfg, tuple(shape))
+    else:
+        if num_classes < 2:
+            raise UserError("model.conditional=true needs a labelled dataset with at least 2 classes "
+                            "(fashion_mnist, mnist, cifar10, image_folder); set model.conditional=false")
+        embed_dim = cfg.latent_dim  # class code as wide as z
+        G, D = build(replace(cfg, latent_dim=cfg.latent_dim + embed_dim), tuple(shape))
+        G, D = ConditionalGenerator(G, num_classes, embed_dim), ProjectionDiscriminator(D, num_classes)
+    if cfg.spectral_norm:
+        apply_spectral_norm(D)
+    return G, D

@@ -1,0 +1,57 @@
+"""Non-finite losses and gradients, caught at the update that would spread them into the weights.
+
+The check runs after ``backward`` and before ``optimizer.step``, on the gradients *after* DDP's
+all-reduce: every rank holds the same gradients, so every rank reaches the same verdict in the same
+phase without an extra collective, and skipping stays consistent (no rank updates while another skips).
+Only on a bad step do the ranks gather their local losses, to name the rank whose loss went bad.
+
+Cost: a sum over the gradients (one pass); the verdict is one host read per optimizer
+step. On CPU that read is free. On a GPU it is one synchronisation per phase — the same one fp16
+training already pays in ``GradScaler.step`` (which reads ``found_inf`` on the host) — so under fp16 the
+scaler's own skip is used and only its overflow handling applies here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from distgan import dist
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or Inf and ``train.skip_nonfinite`` is off."""
+
+
+def _grad_sum(opt: torch.optim.Optimizer) -> torch.Tensor:
+    """Sum of every gradient element: NaN or ±Inf if any element is (a norm would square them first and
+    overflow sooner, at ~6x the cost; docs/benchmarks.md)."""
+    grads = [p.grad.detach().sum() for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    return torch.stack(grads).sum() if grads else torch.zeros(())
+
+
+class NonFiniteGuard:
+    """``ok(phase, opt, loss)`` before each optimizer step: True to apply the update; False to skip it
+    (``skip=True``, counted in ``skipped``); else raises :class:`NonFiniteError` with ``where()`` (the
+    step and the last good checkpoint) in the message."""
+
+    def __init__(self, skip: bool, where: Callable[[], str], enabled: bool = True):
+        self.skip, self.where, self.enabled = skip, where, enabled
+        self.skipped = 0  # skipped updates since the start (or the resumed count)
+
+    def ok(self, phase: str, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+        if not self.enabled:
+            return True
+        if bool(torch.isfinite(_grad_sum(opt))):  # the one host read
+            return True
+        # every rank is here (same all-reduced gradients): gather whose own loss was bad
+        local = (~torch.isfinite(loss.detach())).float().reshape(1)
+        bad_loss = dist.all_gather_rows(local).flatten().nonzero().flatten().tolist()
+        who = (f"loss non-finite on rank {', '.join(map(str, bad_loss))}" if bad_loss
+               else "losses finite, gradient overflowed on every rank")
+        if self.skip:
+            self.skipped += 1
+            return False
+        raise NonFiniteError(f"non-finite {phase} gradient ({who}) at {self.where()}; lower train.lr_d/lr_g, "
+                             "check the data, or set train.skip_nonfinite=true to skip such updates")

@@ -1,0 +1,305 @@
+"""The one training loop: ``train_worker(cfg, hooks)``, run by every DDP worker.
+
+It imports neither Ray nor submitit: Ray workers, plain gloo test processes and a single process all
+call it; whatever a backend needs (metric reporting, checkpoint hand-off) comes in through ``hooks``.
+Read top to bottom: build -> resume -> prepare -> loop over steps (D phases, R1, G phase, EMA) -> ticks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgan import checkpoint, dist
+from distgan.config import Config, to_dict
+from distgan.data import ShardedSampler, batch_source, load
+from distgan.losses import build_loss
+from distgan.metrics import Evaluator
+from distgan.models import build_models
+from distgan.nonfinite import NonFiniteError, NonFiniteGuard
+from distgan.rng import Stream, counter_generator
+from distgan.rundir import RunDir
+from distgan.samples import class_rows, render, save_png
+from distgan.state import TrainState
+from distgan.step import (
+    GANStep,
+    StepContext,
+    StepStats,
+    Trainable,
+    accelerate,
+    autocast,
+    build_optimizers,
+    build_schedulers,
+    call,
+)
+
+STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]  # per rank and global, every log tick
+R1_STAT = "loss/R1"  # with train.r1_gamma > 0: the mean lazy-R1 penalty of the tick
+log = logging.getLogger("distgan")
+
+
+class Hooks:
+    """What a backend plugs into the loop. The defaults do nothing (plain processes, tests)."""
+
+    device: torch.device | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Called on every rank at every log tick and checkpoint, the same number of times."""
+
+    def end(self, G: torch.nn.Module, D: torch.nn.Module) -> None:
+        """Called on every rank when training ends, with the unwrapped networks (tests inspect them)."""
+
+
+def ema_beta(cfg: Config, batch: int, images_seen: int) -> float:
+    """Per-step decay for a G_ema half-life of ``ema_kimg`` thousand images, ramped up over the first
+    images (StyleGAN2-ADA: the half-life is at most 5 % of the images seen so far). In images, not
+    steps, so the average does not change with the world size or the batch."""
+    half_life = min(cfg.train.ema_kimg * 1000, max(images_seen, batch) * 0.05)
+    return 0.5 ** (batch / max(half_life, 1e-8))
+
+
+@torch.no_grad()
+def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p.detach(), 1 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
+    run = Training(cfg, hooks or Hooks())  # data, networks, optimizers: identical on every rank
+    run.resume()  # the run's latest checkpoint, else resume=PATH, else a fresh start
+    run.prepare()  # schedulers, DDP, the GAN step, writers, the batch source
+    try:
+        while run.step < run.t.steps:
+            run.train_step()
+            if run.tick_due() and run.tick():  # True: a stop was requested (e.g. the SLURM time limit)
+                break
+    finally:
+        run.batches.close()
+        if run.writer is not None:
+            run.writer.close()
+    run.hooks.end(run.G, run.D)
+    return run.metrics
+
+
+class Training:
+    """The state of one worker's run and the helpers of :func:`train_worker`."""
+
+    def __init__(self, cfg: Config, hooks: Hooks):
+        self.hooks, self.t = hooks, cfg.train
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.device = hooks.device or dist.default_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.cluster.cpus_per_worker)
+        self.run_dir = RunDir(cfg.run_dir)
+        # same seed on every rank, so the networks start identical (DDP also broadcasts)
+        self.data = load(cfg.dataset, seed=self.t.seed)
+        torch.manual_seed(self.t.seed)
+        self.num_classes = self.data.num_classes if cfg.model.conditional else 0
+        self.cfg = replace(cfg, dataset=replace(cfg.dataset, num_classes=self.data.num_classes))  # recorded
+        G, D = build_models(cfg.model, self.data.shape, self.num_classes)
+        self.G, self.D = G.to(self.device), D.to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if self.t.ema_kimg > 0 else None
+        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.t)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.t.precision == "fp16")
+        # conditional grids show one class per row
+        fixed_y, self.sample_nrow = class_rows(self.num_classes, self.t.num_sample_images) \
+            if self.num_classes else (None, None)
+        self.fixed_z = torch.randn(self.t.num_sample_images if fixed_y is None else len(fixed_y),
+                                   cfg.model.latent_dim, generator=counter_generator(self.t.seed, Stream.FIXED_Z, 0)
+                                   ).to(self.device)
+        self.fixed_y = fixed_y.to(self.device) if fixed_y is not None else None
+        self.step, self.skipped_at_start, self.metrics = 0, 0, {}
+        self.writer = None
+
+    # ------------------------------------------------------------------------------------ resume
+    def _resume_state(self) -> tuple[TrainState | None, str]:
+        """The run's newest loadable checkpoint, else ``resume=PATH``, else nothing."""
+        if self.cfg.resume == "never":
+            return None, ""
+        folder, raw, skipped = checkpoint.load_latest(self.run_dir.checkpoints, self.device)
+        for reason in skipped:
+            log.warning("skipping a checkpoint: %s", reason)
+        source = str(folder) if raw is not None else ""
+        if raw is None and self.cfg.resume not in ("auto", "never"):
+            raw, source = checkpoint.load(self.cfg.resume, self.device), self.cfg.resume
+        return (TrainState.from_dict(raw, source), source) if raw is not None else (None, "")
+
+    def resume(self) -> None:
+        state, source = self._resume_state()
+        if state is None:
+            return
+        state.require("opt_G", "opt_D", "scaler", "rng_cpu", source=source, purpose="resume training")
+        checkpoint.check_architecture(self.G, state.G, "generator", source)
+        checkpoint.check_architecture(self.D, state.D, "discriminator", source)
+        self.G.load_state_dict(state.G)
+        self.D.load_state_dict(state.D)
+        self.opt_g.load_state_dict(state.opt_G)
+        self.opt_d.load_state_dict(state.opt_D)
+        self.scaler.load_state_dict(state.scaler)
+        if self.G_ema is not None and state.G_ema is not None:
+            self.G_ema.load_state_dict(state.G_ema)
+        torch.set_rng_state(state.rng_cpu)
+        self.step, self.skipped_at_start = int(state.step), int(state.skipped_steps)
+        if self.rank == 0:
+            log.info("resumed from %s at step %d", source, self.step)
+
+    # ----------------------------------------------------------------------------------- prepare
+    def prepare(self) -> None:
+        t, cfg = self.t, self.cfg
+        self.schedulers = build_schedulers(self.opt_g, self.opt_d, t, first_step=self.step)
+        loss = build_loss(cfg.loss)
+        channels_last = accelerate(self.G, self.D, cfg, self.device,
+                                   penalty=loss.needs_gradient_penalty or t.r1_gamma > 0)
+        # NaN/Inf is caught at the update, before it reaches the weights (distgan/nonfinite.py); under fp16
+        # GradScaler already skips overflowing updates, so only the log-tick loss check applies.
+        self.guard = NonFiniteGuard(t.skip_nonfinite, enabled=t.precision != "fp16", where=lambda: (
+            f"step {self.step + 1}; last good checkpoint: {checkpoint.newest(self.run_dir.checkpoints)}"))
+        self.guard.skipped = self.skipped_at_start
+        self.gan = GANStep(Trainable(dist.wrap(self.G, self.device), self.opt_g),
+                           Trainable(dist.wrap(self.D, self.device), self.opt_d), loss, t,
+                           StepContext(self.device, self.scaler, cfg.model.latent_dim, self.num_classes,
+                                       channels_last), guard=self.guard)
+        sampler = ShardedSampler(len(self.data), t.batch_size, self.rank, self.world, t.seed)
+        self.batches = batch_source(self.data, sampler, self.device, first_counter=self.step * t.n_critic)
+        self.stat_names = STAT_NAMES + ([R1_STAT] if t.r1_gamma > 0 else [])
+        self.acc = torch.zeros(len(self.stat_names), device=self.device)  # sums since the last tick
+        self.counts = torch.zeros(len(self.stat_names), device=self.device)
+        self.nonfinite = torch.zeros((), device=self.device)
+        self.tick_time, self.tick_step = time.perf_counter(), self.step
+        if self.rank == 0:
+            from distgan.tb import TBWriter
+
+            self.writer = TBWriter(self.run_dir.tb, self.world, purge_step=self.step + 1 if self.step else None)
+        self.evaluator = Evaluator(cfg, self.device, seed=t.seed,
+                                   best=checkpoint.best_scores(self.run_dir.checkpoints)) if t.eval_every else None
+
+    # -------------------------------------------------------------------------------------- step
+    def train_step(self) -> None:
+        skipped_before = self.guard.skipped
+        stats = self.gan.train_step(self.step, self.batches)  # n_critic D steps (+ lazy R1), one G step
+        self.step += 1
+        for sched in self.schedulers:
+            sched.step()
+        if self.G_ema is not None:
+            ema_update(self.G_ema, self.G, ema_beta(self.cfg, self.t.batch_size, self.step * self.t.batch_size))
+        if self.guard.skipped == skipped_before:  # a skipped update's NaN losses stay out of the means
+            self._accumulate(stats)
+
+    def _accumulate(self, s: StepStats) -> None:
+        values = [s.d.loss_d, s.loss_g, s.d.d_real, s.d.d_fake]
+        present = torch.ones(len(self.stat_names), device=self.device)
+        if len(self.stat_names) > len(STAT_NAMES):  # R1 runs on some steps only
+            values.append(s.r1 if s.r1 is not None else torch.zeros((), device=self.device))
+            present[-1] = float(s.r1 is not None)
+        values = torch.stack(values)
+        self.nonfinite += (~torch.isfinite(values)).any()
+        self.acc += values
+        self.counts += present
+
+    # -------------------------------------------------------------------------------------- tick
+    def tick_due(self) -> bool:
+        t, last = self.t, self.step == self.t.steps
+        self.evaluate_now = t.eval_every > 0 and (self.step % t.eval_every == 0 or last)
+        self.checkpoint_now = self.step % t.checkpoint_every == 0 or last
+        return self.step % t.log_every == 0 or last or self.evaluate_now or self.checkpoint_now
+
+    def tick(self) -> bool:
+        """Reduce once on every rank (collectives), write on rank 0; True when a stop was requested."""
+        t, step, rank = self.t, self.step, self.rank
+        last = step == t.steps
+        # a stop request (e.g. the SLURM time limit is near) is honoured at a tick, by all ranks together
+        stop = dist.any_rank(rank == 0 and self.run_dir.stop_file.exists(), self.device)
+        ckpt = self.checkpoint_now or stop
+        bad = dist.all_gather_rows(self.nonfinite.reshape(1).float()).flatten()
+        if bad.any():
+            raise NonFiniteError(
+                f"non-finite loss at or before step {step} on rank {int(bad.nonzero()[0])}; last good checkpoint: "
+                f"{checkpoint.newest(self.run_dir.checkpoints)}. Lower train.lr_d/lr_g or use train.precision=fp32")
+        per_rank = dist.all_gather_rows(self.acc / self.counts.clamp(min=1)).cpu()
+        now = time.perf_counter()
+        img_per_sec = (step - self.tick_step) * t.batch_size * t.n_critic / max(now - self.tick_time, 1e-9)
+        metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank, "skipped_steps": self.guard.skipped,
+                   "checkpointed": bool(ckpt),
+                   **{n: float(v) for n, v in zip(self.stat_names, per_rank[rank])},
+                   **{f"mean/{n}": float(v) for n, v in zip(self.stat_names, per_rank.mean(0))}}
+        # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
+        scores = self.evaluator(self.G_ema if self.G_ema is not None else self.G) if self.evaluate_now else {}
+        metrics.update({f"metrics/{k}": v for k, v in scores.items()})
+        if ckpt and self.world > 1:  # never save weights the ranks disagree on
+            diff = max(dist.max_param_difference(self.G), dist.max_param_difference(self.D))
+            if diff > 1e-6:
+                raise RuntimeError(f"ranks diverged: weights differ by up to {diff:g} at step {step}")
+        saved = self._write_tick(metrics, per_rank, img_per_sec, scores, ckpt, last) if rank == 0 else None
+        self.hooks.report(metrics, saved)
+        self.acc.zero_()
+        self.counts.zero_()
+        self.tick_time, self.tick_step, self.metrics = time.perf_counter(), step, metrics
+        if stop:
+            if rank == 0:
+                log.info("stop requested: checkpointed at step %d, leaving the loop", step)
+            metrics["stopped"] = True
+        return stop
+
+    def _write_tick(self, metrics: dict, per_rank: torch.Tensor, img_per_sec: float, scores: dict,
+                    ckpt: bool, last: bool) -> Path | None:
+        """Rank 0: TensorBoard, best/regular checkpoints, samples, the progress line. Returns the
+        checkpoint written, if any."""
+        step, saved = self.step, None
+        self.writer.scalars(step, self.stat_names, per_rank, {"perf/img_per_sec": img_per_sec,
+                                                              "train/skipped_steps": self.guard.skipped})
+        if scores:
+            self.writer.metrics(step, scores)
+            if self.evaluator.improved(scores):
+                metrics["best"] = str(self.save_checkpoint(best=scores))
+        if step % self.t.sample_every == 0 or last:
+            metrics["sample"] = str(self.write_samples())
+        if ckpt:
+            saved = self.save_checkpoint()
+            metrics["checkpoint"] = str(saved)
+        self.writer.flush()
+        with open(self.run_dir.metrics, "a") as f:  # the launcher's progress bar follows this
+            f.write(json.dumps({k: v for k, v in metrics.items() if k != "rank"}) + "\n")
+        log.info("step %d/%d  loss/D %.4f  loss/G %.4f  %.0f img/s", step, self.t.steps,
+                 metrics["mean/loss/D"], metrics["mean/loss/G"], img_per_sec)
+        return saved
+
+    # ------------------------------------------------------------------------------ what is saved
+    def state(self) -> TrainState:
+        return TrainState(
+            G=self.G.state_dict(), D=self.D.state_dict(),
+            G_ema=self.G_ema.state_dict() if self.G_ema is not None else None,
+            opt_G=self.opt_g.state_dict(), opt_D=self.opt_d.state_dict(), scaler=self.scaler.state_dict(),
+            step=self.step, images_seen=self.step * self.t.batch_size, rng_cpu=torch.get_rng_state(),
+            config=to_dict(self.cfg), data_shape=list(self.data.shape), num_classes=self.num_classes,
+            fixed_z=self.fixed_z.cpu(), fixed_y=self.fixed_y.cpu() if self.fixed_y is not None else None,
+            skipped_steps=self.guard.skipped)
+
+    def save_checkpoint(self, best: dict | None = None) -> Path:
+        state = self.state().to_dict()
+        if best is not None:  # checkpoints/best, with its scores; retention never deletes it
+            return checkpoint.save_best(self.run_dir.checkpoints, self.step, state, best)
+        return checkpoint.save(self.run_dir.checkpoints, self.step, state, keep=self.t.keep_checkpoints)
+
+    def write_samples(self) -> Path:
+        net = self.G_ema if self.G_ema is not None else self.G
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), autocast(self.t.precision, self.device):
+            picture = render(call(net, self.fixed_z, self.fixed_y), self.cfg.dataset.name, nrow=self.sample_nrow)
+        net.train(was_training)
+        self.writer.image(self.step, picture)
+        path = self.run_dir.sample_png(self.step)
+        save_png(picture, path)
+        if self.t.keep_samples > 0:  # bounded folder on long runs; TensorBoard keeps every grid
+            for old in sorted(path.parent.glob("step_*.png"))[:-self.t.keep_samples]:
+                old.unlink(missing_ok=True)
+        return path
