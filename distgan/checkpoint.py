@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from distgan.errors import UserError
+from distgan.rundir import RunDir
 
 STATE, META, LATEST, BEST = "state.pt", "meta.json", "latest", "best"
 
@@ -127,8 +128,8 @@ def resolve(path: str | Path) -> Path:
     p = Path(os.path.expanduser(str(path)))
     if p.is_file() and p.name == STATE:
         return p.parent
-    if (p / "checkpoints").is_dir():
-        p = p / "checkpoints"
+    if RunDir(p).checkpoints.is_dir():
+        p = RunDir(p).checkpoints
     if (p / LATEST).exists():
         p = p / LATEST
     if not p.exists():

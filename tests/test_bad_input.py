@@ -1,5 +1,6 @@
 """Bad input through the real CLI: one ``error:`` line on stderr, a non-zero exit, no traceback, and
-nothing created or submitted (docs/reliability.md, "Bad input"). Every row fails before Ray starts, so each is ~2-3 s."""
+nothing created or submitted (docs/reliability.md, "Bad input"). Every row fails before Ray starts, so each
+is ~2-3 s."""
 
 from __future__ import annotations
 
