@@ -31,10 +31,14 @@ def follow(run_dir: str | Path, total: int, done: Callable[[], bool], status: Ca
     """Show a progress bar (step, losses, img/s, ETA) from the run's metrics until ``done()``."""
     from tqdm import tqdm
 
-    path = RunDir(run_dir).metrics
-    offset = path.stat().st_size if path.exists() else 0
+    from distgan import checkpoint
+
+    rd = RunDir(run_dir)
+    offset = rd.metrics.stat().st_size if rd.metrics.exists() else 0
+    found = checkpoint.list_checkpoints(rd.checkpoints)  # a resumed run's bar starts where it resumes
+    start = int(checkpoint.read_meta(found[0]).get("step", 0)) if found else 0
     last = None
-    with tqdm(total=total, unit="step", dynamic_ncols=True, desc="train") as bar:
+    with tqdm(total=total, initial=min(start, total), unit="step", dynamic_ncols=True, desc="train") as bar:
         while True:
             finished = done()
             rows, offset = read_progress(run_dir, offset)
