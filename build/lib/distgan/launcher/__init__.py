@@ -1,1 +1,0 @@
-"""Launchers: the only layer that imports Ray and submitit. ``main.run`` is what launch/run.py calls."""
