@@ -301,6 +301,21 @@ def test_a_file_unreadable_at_indexing_is_an_error_unless_skip_bad(bad_tree):
     assert FolderDataset(bad_tree, resolution=32, skip_bad=True, progress=False).num_images == 33
 
 
+def test_a_damaged_zip_member_is_reported_not_decoded(tree, tmp_path):
+    path = zip_tree(tree, tmp_path / "damaged.zip")
+    ds = ZipDataset(path, resolution=32, one_size=False, progress=False)
+    j = next(j for j in range(ds.num_images) if ds.name(j).endswith(".jpg"))  # stored: its bytes are in the file
+    ds.item(j)
+    pos = int(ds.index.zip["offset"][j] + ds.index.zip["csize"][j] * 3 // 4)  # in the scan data, after the header
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x55]))
+    with pytest.raises(BadImageError, match=r"damaged\.zip:.*\.jpg: CRC-32 mismatch"):
+        ZipDataset(path, resolution=32, one_size=False, progress=False).item(j)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_decode_failure_while_streaming_names_the_file(bad_tree, workers):
     ds = FolderDataset(bad_tree, resolution=32, progress=False)
@@ -335,7 +350,10 @@ def test_out_of_order_counters_raise_and_close_stops_the_workers(tree):
     s(5)
     with pytest.raises(StreamOrderError, match="expected counter 6, got 7"):
         s(7)
-    s(6)
+    x6, y6 = s(6)  # exactly the sampler's samples of counter 6, whatever ``first`` was
+    want = [ds.item(i) for i in ShardedSampler(len(ds), 8, 0, 1, seed=0).indices(6).tolist()]
+    assert torch.equal(x6, torch.stack([w[0] for w in want]).float().div(127.5).sub(1.0))
+    assert y6.tolist() == [w[1] for w in want]
     assert s.wait_ms >= 0 and s.take_wait_ms() > 0 and s.take_wait_ms() == 0
     pids = s.worker_pids
     assert len(pids) == 2 and all(_alive(p) for p in pids)
