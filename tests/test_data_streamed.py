@@ -100,7 +100,8 @@ def test_load_image_channels_crop_and_pinned_resampler(tmp_path):
     assert torch.equal(a, torch.from_numpy(np.asarray(rgba)[:, :, :3].copy()).permute(2, 0, 1))  # alpha dropped
     gray = _random_image(rng, 32, 32, "L")
     g = load_image(_png(gray), "gray", 3, 32)
-    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2]) and torch.equal(g[0], torch.from_numpy(np.asarray(gray).copy()))
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+    assert torch.equal(g[0], torch.from_numpy(np.asarray(gray).copy()))
     assert load_image(_png(rgba), "rgba", 1, 32).shape == (1, 32, 32)
     wide = _random_image(rng, 48, 32)  # the centre 32 columns, nothing resized
     assert torch.equal(load_image(_png(wide), "wide", 3, 32),

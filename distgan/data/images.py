@@ -103,7 +103,7 @@ def load_image(source: str | os.PathLike | bytes, name: str, channels: int, reso
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
         raise BadImageError(name, describe_error(e)) from None
     t = torch.from_numpy(a)
-    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)  # a CHW view: its one copy is into the batch
 
 
 def read_header(source: str | os.PathLike | io.BytesIO) -> tuple[int, int, str]:

@@ -59,6 +59,8 @@ class _Batches(torch.utils.data.Dataset):
     def __getitem__(self, indices: list[int]):
         n = len(indices)
         x = torch.empty((n, *self.dataset.shape), dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:  # decode straight into shared memory, as
+            x = x.new(x.untyped_storage()._new_shared(x.numel())).view(x.shape)  # default_collate does
         y = torch.empty(n, dtype=torch.int64)
         bad = []
         for k, i in enumerate(indices):
