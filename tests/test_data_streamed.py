@@ -4,6 +4,7 @@ with PIL: JPEG and PNG of mixed sizes in class subfolders, one grayscale, one RG
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing as mp
 import os
@@ -122,8 +123,6 @@ def test_load_image_channels_crop_and_pinned_resampler(tmp_path):
 
 
 def _png(img: Image.Image) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
@@ -186,6 +185,40 @@ def test_folder_and_zip_give_identical_items_and_batches(tree, tmp_path):
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and ya.dtype == torch.int64
     a.close()
     b.close()
+
+
+def test_zip64_members_and_data_descriptors_are_read(tree, tmp_path):
+    """Local headers with zip64 extra fields, and members streamed with a data descriptor (sizes after the
+    data): the reader takes sizes from the central directory and skips each local header's own extra."""
+    files = sorted(p for p in (tree / "cat").iterdir() if p.is_file())[:12]
+    path = tmp_path / "z64.zip"
+
+    class Unseekable(io.RawIOBase):  # as a pipe: zipfile writes a data descriptor after each member
+        def __init__(self, f):
+            self.f = f
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            return self.f.write(b)
+
+    with open(path, "wb") as raw, zipfile.ZipFile(Unseekable(raw), "w") as zf:
+        for k, p in enumerate(files):
+            info = zipfile.ZipInfo(p.name)
+            info.compress_type = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)[k % 2]
+            with zf.open(info, "w", force_zip64=k % 3 == 0) as f:
+                f.write(p.read_bytes())
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        infos = zf.infolist()
+        extra = []
+        for i in infos:
+            f.seek(i.header_offset + 28)
+            extra.append(int.from_bytes(f.read(2), "little"))
+    assert all(i.flag_bits & 0x08 for i in infos) and 0 < sum(e > 0 for e in extra) < len(infos)
+    ds = ZipDataset(path, resolution=32, one_size=False, progress=False)
+    want = [load_image(p, p.name, 3, 32) for p in files]
+    assert all(torch.equal(ds.item(j)[0], w) for j, w in enumerate(want))
 
 
 def test_prepared_zip_is_stylegan_format_and_matches_the_folder(tree, prepared, tmp_path):

@@ -8,6 +8,7 @@ a function of the index alone, so every world size sees the same samples.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -133,6 +134,8 @@ class FolderDataset(ImageDataset):
         index = index or open_index(root, workers, progress)
         if index.kind != "folder":
             raise UserError(f"{root} is indexed as a {index.kind}, not a folder")
+        if index.source != str(root):  # an index made elsewhere (a staged copy's): messages name this copy
+            index = dataclasses.replace(index, source=str(root))
         self.root = str(root)
         super().__init__(index, resolution, channels, xflip, skip_bad)
 

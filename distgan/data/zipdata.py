@@ -9,6 +9,7 @@ Each member's CRC-32 is checked, so a damaged zip is reported, not decoded into 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 import zlib
@@ -80,6 +81,8 @@ class ZipDataset(ImageDataset):
         index = index or open_index(path, workers, progress)
         if index.kind != "zip":
             raise UserError(f"{path} is indexed as a {index.kind}, not a zip")
+        if index.source != str(path):  # an index made elsewhere (a staged copy's): messages name this copy
+            index = dataclasses.replace(index, source=str(path))
         self.path = str(path)
         self.reader = ZipReader(self.path, index)
         super().__init__(index, resolution, channels, xflip, skip_bad, one_size=one_size)
