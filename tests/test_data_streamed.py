@@ -245,6 +245,8 @@ def test_prepare_skips_unreadable_and_tiny_files_and_counts_them(tree, tmp_path)
     assert ZipDataset(tmp_path / "out.zip", progress=False).shape == (3, 32, 32)
     with pytest.raises(UserError, match="exists"):
         prepare(src, tmp_path / "out.zip", 32, progress=False)
+    s = prepare(src, tmp_path / "out.zip", 32, workers=1, labels=False, overwrite=True, progress=False)
+    assert s.num_classes == 0 and ZipDataset(tmp_path / "out.zip", progress=False).num_classes == 0
 
 
 KILLED_PREPARE = """
@@ -460,12 +462,17 @@ def test_bad_input_is_one_line_user_errors(tree, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notzip.zip").write_bytes(b"hello")
     mixed = zip_tree(tree, tmp_path / "mixed.zip")
+    badjson = tmp_path / "badjson"
+    badjson.mkdir()
+    _random_image(np.random.default_rng(8), 16, 16).save(badjson / "a.png")
+    (badjson / "dataset.json").write_text('{"labels": [["a.png"]]}')
     cases = [(lambda: FolderDataset(tmp_path / "missing"), "is not a folder"),
              (lambda: FolderDataset(tmp_path / "empty", progress=False), "no images found"),
              (lambda: ZipDataset(tmp_path / "missing.zip"), "is not a file"),
              (lambda: ZipDataset(tmp_path / "notzip.zip"), "is not a zip"),
              (lambda: ZipDataset(mixed, resolution=32, progress=False), "must be of one resolution"),
              (lambda: FolderDataset(tree, progress=False), "set dataset.resolution"),
+             (lambda: FolderDataset(badjson, progress=False), "not StyleGAN's format"),
              (lambda: FolderDataset(tree, resolution=48, progress=False), "power of two"),
              (lambda: prepare(tree, tmp_path / "x.zip", 2048, progress=False), "power of two"),
              (lambda: prepare(tmp_path / "missing", tmp_path / "x.zip", 32, progress=False), "does not exist")]

@@ -107,12 +107,12 @@ def _labels(names: list[str], labels_json: bytes | None, where: str) -> tuple[np
         try:
             doc = json.loads(labels_json)
             labels, names_of_classes = doc["labels"], doc.get("classes")  # "classes": distgan's addition
+            table = None if labels is None else {str(f).replace("\\", "/"): y for f, y in labels}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"{where}/{LABELS_FILE} is not StyleGAN's format "
                             '{"labels": [[file, label], ...]} or {"labels": null}') from None
-        if labels is None:
+        if table is None:
             return None, [], "none"
-        table = {str(f).replace("\\", "/"): y for f, y in labels}
         missing = [n for n in names if n not in table]
         if missing:
             raise UserError(f"{where}/{LABELS_FILE} has no label for {missing[0]} ({len(missing)} images "
@@ -223,7 +223,10 @@ def build_index(source: str | os.PathLike, workers: int | None = None, progress:
             infos = sorted((i for i in zf.infolist() if not i.is_dir() and is_image_name(i.filename)
                             and not any(p.startswith(".") or p == "__MACOSX" for p in i.filename.split("/"))),
                            key=lambda i: i.filename)
-            labels_json = zf.read(LABELS_FILE) if LABELS_FILE in zf.NameToInfo else None
+            try:
+                labels_json = zf.read(LABELS_FILE)
+            except KeyError:  # no dataset.json: labels from subfolders, or none
+                labels_json = None
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{src} is not a readable zip ({e}); make one with launch/prepare_dataset.py") from None
     for i in infos:

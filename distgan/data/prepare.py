@@ -113,13 +113,14 @@ def _remove_stale_temps(dest: Path) -> None:
 
 def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int, channels: int | None = None,
             workers: int | None = None, min_size: int | None = None, overwrite: bool = False,
-            compress_level: int = 0, progress: bool = True) -> PrepareSummary:
+            compress_level: int = 0, labels: bool = True, progress: bool = True) -> PrepareSummary:
     """Write ``dest`` (a .zip) from ``source`` (a folder or a zip); see the module docstring.
 
     ``channels``: 1 or 3, default 1 when every source image is grayscale, else 3. ``workers``: decoding
     processes (default: every CPU; 1 decodes in this process). ``min_size``: skip images whose shorter
     side is below it (default ``resolution // 4``: a 4x upscale is no training data). ``compress_level``:
-    PNG zlib level (0 as StyleGAN's dataset_tool: bigger files, the fastest decode)."""
+    PNG zlib level (0 as StyleGAN's dataset_tool: bigger files, the fastest decode). ``labels=False``
+    writes ``{"labels": null}`` (e.g. FFHQ's numbered subfolders are no classes)."""
     t0 = time.perf_counter()
     resolution = check_resolution(resolution, key="resolution")
     src = Path(os.path.expanduser(str(source))).resolve()
@@ -137,13 +138,14 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
     min_size = resolution // 4 if min_size is None else min_size
     short = [min(int(w), int(h)) for w, h in zip(ds.index.width, ds.index.height)]
     work = [j for j in range(ds.num_images) if short[j] >= min_size]
-    summary = PrepareSummary(str(dst), 0, resolution, ds.channels, ds.num_classes,
+    labelled = labels and ds.num_classes > 0
+    summary = PrepareSummary(str(dst), 0, resolution, ds.channels, ds.num_classes if labelled else 0,
                              unreadable=[(ds.locate(u[0]), u[1]) for u in ds.index.unreadable],
                              tiny=[(ds.name(j), int(ds.index.width[j]), int(ds.index.height[j]))
                                    for j in range(ds.num_images) if short[j] < min_size])
     _remove_stale_temps(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    labels = []
+    rows = []
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf, \
                 tqdm(total=len(work), desc=f"prepare {dst.name}", unit="img", disable=not progress) as bar:
@@ -155,13 +157,13 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
                 digits = f"{summary.images:08d}"
                 name = f"{digits[:5]}/img{digits}.png"  # dataset_tool's names
                 zf.writestr(zipfile.ZipInfo(name, date_time=_ZIP_TIME), png)
-                if ds.num_classes:
-                    labels.append([name, int(ds.index.label[j])])
+                if labelled:
+                    rows.append([name, int(ds.index.label[j])])
                 summary.images += 1
             if summary.images == 0:
                 raise UserError(f"none of the {ds.num_images} images in {src} could be prepared "
                                 f"({summary.skipped} unreadable or smaller than min_size={min_size})")
-            doc = {"labels": labels or None, "classes": ds.index.classes if ds.num_classes else None}
+            doc = {"labels": rows if labelled else None, "classes": ds.index.classes if labelled else None}
             zf.writestr(zipfile.ZipInfo(LABELS_FILE, date_time=_ZIP_TIME), json.dumps(doc))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

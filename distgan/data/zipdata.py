@@ -2,8 +2,9 @@
 
 Members are read by offset from the index (``os.pread`` on a file opened lazily in each process),
 not through ``zipfile.ZipFile``: that parses the whole central directory into one ZipInfo object per
-member in every process that opens it (~40 MB and seconds per 10^5 members, in each DataLoader worker
-of each rank), and a ZipFile handle must not be shared across the processes DataLoader forks or spawns.
+member in every process that opens it (measured: 13 MB and 0.4 s per 10^5 members, so 1.3 GB per process
+at 10^7, in each DataLoader worker of each rank), and a ZipFile handle must not be shared across the
+processes DataLoader forks or spawns.
 Each member's CRC-32 is checked, so a damaged zip is reported, not decoded into a wrong image.
 """
 
