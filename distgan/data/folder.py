@@ -62,7 +62,7 @@ class ImageDataset:
             raise UserError(f"{where} holds images of {len(sizes)} sizes ({_describe_sizes(sizes)}); a zip must "
                             "be of one resolution: re-pack it with launch/prepare_dataset.py resolution=R")
         if resolution is None:
-            (w, h), = sizes if len(sizes) == 1 else [(0, 1)]
+            w, h = next(iter(sizes)) if len(sizes) == 1 else (0, 0)
             if w != h or not is_power_of_two_resolution(w):
                 raise UserError(f"the images in {where} are {_describe_sizes(sizes)}: set dataset.resolution to "
                                 "a power of two from 16 to 1024 (they are centre-cropped and resized to it)")
