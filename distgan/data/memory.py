@@ -1,5 +1,4 @@
-"""Small image sets decoded once into memory: Fashion-MNIST, MNIST, CIFAR-10 (torchvision's formats) and
-a folder of class subfolders.
+"""Small image sets decoded once into memory: Fashion-MNIST, MNIST, CIFAR-10 (torchvision's formats).
 
 Images are kept as one uint8 ``(N, C, H, W)`` tensor per worker; a batch is indexed and scaled to
 [-1, 1] on the fly (no per-sample PIL work in the loop). Fashion-MNIST is found in ``dataset.root``,
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from distgan.config import DatasetConfig
+from distgan.data.streamed import requested_resolution
 from distgan.errors import UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -109,13 +109,6 @@ def locate_torchvision(cfg: DatasetConfig) -> DatasetConfig:
     raise UserError(f"{name} not found in dataset.root={root}: {_NOT_FOUND_HINTS[name].format(root=root)}")
 
 
-def locate_folder(cfg: DatasetConfig) -> DatasetConfig:
-    root = _root(cfg)
-    if not root.is_dir():
-        raise UserError(f"dataset.root={root} is not a folder; point it at a folder of class subfolders")
-    return replace(cfg, root=str(root))
-
-
 # ------------------------------------------------------------------------------------------ loading
 def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> MemoryDataset:
     """The (already located) training set, or with ``train=False`` its test split."""
@@ -130,7 +123,7 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
                 raise ValueError(f"{len(x)} images but {len(labels)} labels")
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {cfg.name} from {root}: {e}") from None
-        return MemoryDataset(_resized(x, cfg.image_size), labels, 10)
+        return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, 10)
     import torchvision
 
     try:
@@ -139,23 +132,8 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
         raise UserError(f"cannot read {cfg.name} from {root}: {str(e).splitlines()[0]}") from None
     x = torch.as_tensor(ds.data)
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
-    return MemoryDataset(_resized(x, cfg.image_size), torch.as_tensor(ds.targets, dtype=torch.long), len(ds.classes))
-
-
-def load_folder(cfg: DatasetConfig, seed: int = 0) -> MemoryDataset:
-    """Every image of a folder of class subfolders (torchvision ImageFolder), resized and centre-cropped."""
-    import torchvision
-    from torchvision.transforms import v2
-
-    root = cfg.root or default_root()
-    try:
-        ds = torchvision.datasets.ImageFolder(root)
-    except (FileNotFoundError, OSError) as e:
-        raise UserError(f"no images found under dataset.root={root} ({str(e).splitlines()[0]})") from None
-    size = cfg.image_size or 64
-    to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize(size), v2.CenterCrop(size)])
-    x = torch.stack([to_tensor(ds.loader(p).convert("RGB")) for p, _ in ds.samples])
-    return MemoryDataset(x, torch.tensor(ds.targets), len(ds.classes))
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, len(ds.classes))
 
 
 def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:

@@ -92,13 +92,15 @@ class BatchStream:
     ``first``. ``num_workers=0`` decodes in this process (no prefetch). ``wait_ms`` is how long the last
     call waited for its batch; :meth:`take_wait_ms` the mean since the previous take (``perf/data_wait_ms``).
     ``skipped`` counts this rank's replaced samples (``skip_bad=True``). :meth:`close` stops the workers.
+    ``where()``, if given, is appended to the message of a file that fails to decode (e.g. the last
+    good checkpoint, from which a resume after fixing the file starts).
     """
 
     def __init__(self, dataset, sampler, device: torch.device | str, first: int = 0, num_workers: int = 0,
                  prefetch_factor: int = 2, skip_bad: bool = False, timeout: float = 600.0,
-                 multiprocessing_context=None):
+                 multiprocessing_context=None, where=None):
         self.device = torch.device(device)
-        self.dataset, self.skip_bad = dataset, skip_bad
+        self.dataset, self.skip_bad, self.where = dataset, skip_bad, where
         self.labelled = dataset.num_classes > 0
         self.skipped, self.bad_files = 0, set()
         self.wait_ms, self._wait_sum, self._wait_n = 0.0, 0.0, 0
@@ -131,7 +133,7 @@ class BatchStream:
         for i, j, path, reason in bad:
             if j < 0:
                 hint = (f"no decodable replacement among the {MAX_REPLACEMENT_TRIES} samples after sample {i}"
-                        if self.skip_bad else SKIP_HINT)
+                        if self.skip_bad else SKIP_HINT) + (f"; {self.where()}" if self.where else "")
                 raise BadImageError(path, f"{reason} (sample {i}, batch {counter})", hint)
             if path not in self.bad_files:
                 self.bad_files.add(path)
