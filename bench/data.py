@@ -32,9 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def _vm_hwm_mb(pid: int | str = "self") -> float:
     """Peak RSS of a process (VmHWM; ru_maxrss would carry the parent's over a fork)."""
@@ -191,8 +188,9 @@ def memory(args, work: Path) -> list[dict]:
     for rnd in range(args.rounds):
         for n in (args.mem_sizes if rnd % 2 == 0 else args.mem_sizes[::-1]):
             t = time.time()
-            code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from bench.data import memory_child; "
-                    f"print(json.dumps(memory_child({str(zips[n])!r}, {args.batch}, {args.mem_batches}, {t})))")
+            # this file run as a module without its main (runpy), so the child imports distgan as installed
+            code = (f"import json, runpy; child = runpy.run_path({__file__!r})['memory_child']; "
+                    f"print(json.dumps(child({str(zips[n])!r}, {args.batch}, {args.mem_batches}, {t})))")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
             if proc.returncode:
                 raise RuntimeError(f"memory child failed:\n{proc.stderr[-3000:]}")
