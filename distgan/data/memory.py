@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import pickle
 import shutil
 import struct
 from dataclasses import replace
@@ -25,6 +26,7 @@ from distgan.errors import UserError
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FOLDER = "cifar-10-batches-py"
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 _NOT_FOUND_HINTS = {
     "fashion_mnist": ("put the idx files in {root}/FashionMNIST/raw, install the Debian package "
@@ -103,7 +105,7 @@ def locate_torchvision(cfg: DatasetConfig) -> DatasetConfig:
     in the launcher before any worker starts, so workers never race to unpack or download."""
     root, name = _root(cfg), cfg.name
     found = (_has_raw(root, TORCHVISION_CLASSES[name]) if name in ("fashion_mnist", "mnist")
-             else (root / "cifar-10-batches-py" / "data_batch_1").exists())
+             else (root / CIFAR_FOLDER / "data_batch_1").exists())
     if found or (name == "fashion_mnist" and _unpack_debian(root)) or cfg.download:
         return replace(cfg, root=str(root))  # with download=true torchvision fetches in load(), called once first
     raise UserError(f"{name} not found in dataset.root={root}: {_NOT_FOUND_HINTS[name].format(root=root)}")
@@ -124,7 +126,14 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {cfg.name} from {root}: {e}") from None
         return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, 10)
-    import torchvision
+    if cfg.name == "cifar10" and (root / CIFAR_FOLDER / "data_batch_1").exists():
+        try:
+            x, labels, classes = _read_cifar(root / CIFAR_FOLDER, train)
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
+            raise UserError(f"cannot read cifar10 from {root / CIFAR_FOLDER}: {str(e).splitlines()[0][:200]}; "
+                            "the files look truncated or corrupt: copy them again") from None
+        return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, classes)
+    import torchvision  # dataset.download=true: torchvision fetches (and checks) the files
 
     try:
         ds = getattr(torchvision.datasets, folder)(str(root), train=train, download=cfg.download)
@@ -142,6 +151,49 @@ def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
         x = TF.resize(x, [size, size], antialias=True)
     return x.contiguous()
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles: only the globals a dict of numpy arrays needs may load, so a
+    crafted file cannot run code (torchvision unpickles them unrestricted)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a CIFAR-10 batch)")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        entry = _ArraysOnly(f, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} is not a CIFAR-10 batch")
+    return entry
+
+
+def _read_cifar(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(uint8 (N, 3, 32, 32), labels, classes) from ``cifar-10-batches-py`` (data_batch_1..5 or test_batch,
+    batches.meta), the layout torchvision reads; read here for the same reason as :func:`_read_idx`."""
+    import numpy as np
+
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]:
+        entry = _unpickle(folder / name)
+        try:
+            data, labels = np.asarray(entry["data"], dtype=np.uint8), entry.get("labels", entry.get("fine_labels"))
+        except KeyError:
+            raise ValueError(f"{name} has no 'data'") from None
+        if labels is None or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+            raise ValueError(f"{name} is not a CIFAR-10 batch (data {data.shape}, labels of another length)")
+        xs.append(data)
+        ys.extend(labels)
+    meta = folder / "batches.meta"
+    classes = len(_unpickle(meta).get("label_names", range(10))) if meta.exists() else 10
+    x = torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32).copy())
+    return x, torch.as_tensor(ys, dtype=torch.long), classes
 
 
 def _read_idx(path: Path) -> torch.Tensor:
