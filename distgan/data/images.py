@@ -59,8 +59,8 @@ def is_power_of_two_resolution(r: object) -> bool:
 def check_resolution(r: object, key: str = "dataset.resolution") -> int:
     """``r`` as an int, or a one-line UserError saying which values are allowed."""
     if not is_power_of_two_resolution(r):
-        raise UserError(f"{key}={r} is not a power of two between {MIN_RESOLUTION} and {MAX_RESOLUTION}; "
-                        "use one of 16, 32, 64, 128, 256, 512, 1024")
+        raise UserError(f"{key}={r} must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}: "
+                        "one of 16, 32, 64, 128, 256, 512, 1024")
     return int(r)
 
 
