@@ -134,3 +134,45 @@ def test_bad_input_is_one_line_and_writes_nothing(tree, tmp_path):
         assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.zip"]
     assert (tmp_path / "exists.zip").read_bytes() == b"keep me"
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``launch/prepare_dataset.py`` in this process, through the same one-line error wrapper."""
+    from distgan import cli
+    from distgan.commands.prepare_dataset import main
+
+    code, argv = 0, sys.argv
+    sys.argv = ["prepare_dataset", *args]
+    try:
+        cli.run_main(main)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_the_command_prints_a_summary_and_every_skipped_file(tree, tmp_path, capsys):
+    src = shutil.copytree(tree, tmp_path / "src")
+    (src / "cat" / "garbage.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    _random_image(np.random.default_rng(3), 4, 5).save(src / "bird" / "tiny.png")
+    dest = tmp_path / "out.zip"
+    code, out, err = _cli(capsys, f"source={src}", f"dest={dest}", "resolution=32", "workers=2", "channels=1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"wrote {N_IMAGES + 2} images (1x32x32, 3 classes) to {dest} in {lines[0].split(' in ')[1]}"
+    assert lines[0].endswith("; skipped 1 unreadable and 1 tiny files")
+    assert lines[1].startswith(f"skipped (unreadable): {src / 'cat' / 'garbage.jpg'}: ")
+    assert lines[2] == f"skipped (tiny, 4x5 px): {src / 'bird' / 'tiny.png'}"
+    assert lines[3] == f"train on it: python launch/run.py dataset=zip dataset.root={dest}"
+    assert "prepare out.zip: 100%" in err and "img/s" in err  # the progress bar (its ETA while it runs)
+    assert ZipDataset(dest, progress=False).shape == (1, 32, 32)
+    for args, message in ((["resolution=16"], "missing source=..., dest=..."),
+                          ([f"source={src}", f"dest={dest}", "resolution=16"], "overwrite=true"),
+                          ([f"source={src}", f"dest={tmp_path / 'b.zip'}", "resolution=100"], "power of two"),
+                          ([f"source={src}", f"dest={tmp_path / 'b.zip'}", "resolution=16", "channels=2"], "channels"),
+                          (["src=x"], "unknown argument 'src=x'")):
+        code, out, err = _cli(capsys, *args, "progress=false")
+        assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "b.zip").exists()

@@ -53,7 +53,7 @@ class ImageDataset:
             if not skip_bad:
                 raise UserError(f"{msg}; remove them, re-pack with launch/prepare_dataset.py (which skips "
                                 "them), or set dataset.skip_bad=true to leave them out")
-            log.warning("%s: left out (dataset.skip_bad=true)", msg)
+            log.warning("%s: left out", msg)
         if len(index) == 0:
             raise UserError(f"no images found in {where} (looked for PNG, JPEG, BMP, TIFF, WebP, PPM/PGM "
                             "files); point dataset.root at a folder or zip of images")
