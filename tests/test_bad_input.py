@@ -110,6 +110,7 @@ ROWS = [
                                   "dataset.resolution=128"]),
     ("conditional-on-unlabelled-folder", ["dataset=image_folder", "dataset.root={F}/flat", "model.conditional=true"]),
     ("batch-larger-than-folder", ["dataset=image_folder", "dataset.root={F}/images", "train.batch_size=64"]),
+    ("xflip-on-an-in-memory-set", ["dataset.xflip=true"]),
     ("stage-dir-for-a-folder", ["dataset=image_folder", "dataset.root={F}/images", "dataset.stage_dir={F}/scratch"]),
     ("run-dir-not-writable", ["hydra.run.dir=/proc/distgan-no-such-dir/run"]),
     ("run-dir-under-a-file", ["hydra.run.dir={F}/a_file/run"]),

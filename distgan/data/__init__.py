@@ -113,6 +113,11 @@ def check(cfg: Config) -> None:
     if d.loader_workers is not None and d.loader_workers < 0:
         raise UserError(f"dataset.loader_workers must be >= 0 (0: decode in the training process), "
                         f"got {d.loader_workers}")
+    if not s.streamed:  # the folder/zip keys would be silently ignored by an in-memory set
+        for key, default in (("channels", None), ("xflip", False), ("loader_workers", None), ("skip_bad", False)):
+            if getattr(d, key) != default:
+                raise UserError(f"dataset.{key} applies to dataset=image_folder and dataset=zip (streamed); "
+                                f"dataset={d.name} is held in memory: drop dataset.{key}")
     if d.stage_dir and not s.stageable:
         raise UserError(f"dataset.stage_dir copies a zip to node-local storage; dataset={d.name} is read in place "
                         "(pack a folder with launch/prepare_dataset.py and use dataset=zip, or unset stage_dir)")
