@@ -38,7 +38,7 @@ def _open(cls: type[ImageDataset], cfg: DatasetConfig, root: Path, progress: boo
                skip_bad=cfg.skip_bad, progress=progress)
 
 
-_located: dict[tuple, ImageDataset] = {}  # the driver's last locate(), which its load() reuses (no 2nd read)
+_located: dict[tuple, ImageDataset] = {}  # the driver's last locate(), which its next load() takes (no 2nd read)
 
 
 def _key(cls: type[ImageDataset], cfg: DatasetConfig, root: Path) -> tuple:
@@ -69,7 +69,7 @@ def load(cls: type[ImageDataset], cfg: DatasetConfig, seed: int = 0) -> ImageDat
         from distgan.data.stage import stage
 
         root = stage(root, cfg.stage_dir)
-    elif (ds := _located.get(_key(cls, cfg, root))) is not None:
+    elif (ds := _located.pop(_key(cls, cfg, root), None)) is not None:  # not kept: an index can be large
         return ds
     return _open(cls, cfg, root, progress=False)
 
