@@ -74,7 +74,7 @@ def main(argv=None) -> None:
         for v in names if r % 2 == 0 else names[::-1]:
             with tempfile.TemporaryDirectory(prefix="distgan-bench-gpu-") as run_dir:
                 cfg = distgan_config("dcgan", root, args.batch, 1, 1, args.tick * (args.warm + args.measure + 1),
-                                     args.tick, run_dir, (f"dataset.image_size={args.size}",
+                                     args.tick, run_dir, (f"dataset.resolution={args.size}",
                                                           *VARIANTS[v]))
                 [out] = in_processes(gpu_worker, (cfg,), 1, timeout=1800)
             runs[v].append({**out, "img_s": steady_rate(out["times"], args.warm, args.measure, args.tick * args.batch)})

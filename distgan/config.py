@@ -65,9 +65,16 @@ class DatasetConfig:
     name: str = "fashion_mnist"
     root: str | None = None  # folder holding the data; null = ~/.cache/distgan/data
     download: bool = False  # let torchvision download when the files are missing
-    image_size: int | None = None  # resize to this many pixels; null = native size
+    resolution: int | None = None  # image side in pixels; null = native (folder/zip: a power of two 16..1024)
+    image_size: int | None = None  # deprecated: the old name of resolution (still read, with a warning)
     num_samples: int = 60000  # 2D mixtures: points in the (generated) training set
     num_classes: int = 0  # filled in from the data (labelled image sets); 0 = unlabelled
+    # --- image_folder / zip (streamed; docs/data.md) ---
+    channels: int | None = None  # 1 or 3; null = 1 when every image is grayscale, else 3
+    xflip: bool = False  # add left-right mirrored copies (the dataset doubles; StyleGAN2-ADA's --mirror)
+    loader_workers: int | None = None  # DataLoader workers per DDP worker; null = cluster.cpus_per_worker - 1 (<= 8)
+    stage_dir: str | None = None  # zip only: copy it once per node to this node-local folder before training
+    skip_bad: bool = False  # replace (and count) images that fail to decode instead of stopping
 
 
 @dataclass

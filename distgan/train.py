@@ -118,6 +118,7 @@ class Training:
                                    ).to(self.device)
         self.fixed_y = fixed_y.to(self.device) if fixed_y is not None else None
         self.step, self.skipped_at_start, self.metrics = 0, 0, {}
+        self.skipped_images = self.skipped_images_at_start = 0  # dataset.skip_bad: all ranks, the whole run
         self.writer = None
 
     # ------------------------------------------------------------------------------------ resume
@@ -149,6 +150,7 @@ class Training:
             self.G_ema.load_state_dict(state.G_ema)
         torch.set_rng_state(state.rng_cpu)
         self.step, self.skipped_at_start = int(state.step), int(state.skipped_steps)
+        self.skipped_images = self.skipped_images_at_start = int(state.skipped_images)
         if self.rank == 0:
             log.info("resumed from %s at step %d", source, self.step)
 
@@ -168,8 +170,6 @@ class Training:
                            Trainable(dist.wrap(self.D, self.device), self.opt_d), loss, t,
                            StepContext(self.device, self.scaler, cfg.model.latent_dim, self.num_classes,
                                        channels_last), guard=self.guard)
-        sampler = ShardedSampler(len(self.data), t.batch_size, self.rank, self.world, t.seed)
-        self.batches = batch_source(self.data, sampler, self.device, first_counter=self.step * t.n_critic)
         self.stat_names = STAT_NAMES + ([R1_STAT] if t.r1_gamma > 0 else [])
         self.acc = torch.zeros(len(self.stat_names), device=self.device)  # sums since the last tick
         self.counts = torch.zeros(len(self.stat_names), device=self.device)
@@ -181,6 +181,12 @@ class Training:
             self.writer = TBWriter(self.run_dir.tb, self.world, purge_step=self.step + 1 if self.step else None)
         self.evaluator = Evaluator(cfg, self.device, seed=t.seed,
                                    best=checkpoint.best_scores(self.run_dir.checkpoints)) if t.eval_every else None
+        # last: a streamed dataset starts its loader workers here (train_worker's finally stops them); a file
+        # that fails to decode stops the run naming it and what a resume would start from
+        sampler = ShardedSampler(len(self.data), t.batch_size, self.rank, self.world, t.seed)
+        self.batches = batch_source(
+            self.data, sampler, self.device, first_counter=self.step * t.n_critic, cfg=cfg,
+            where=lambda: f"last good checkpoint: {checkpoint.newest(self.run_dir.checkpoints)}")
 
     # -------------------------------------------------------------------------------------- step
     def train_step(self) -> None:
@@ -225,10 +231,12 @@ class Training:
                 f"non-finite loss at or before step {step} on rank {int(bad.nonzero()[0])}; last good checkpoint: "
                 f"{checkpoint.newest(self.run_dir.checkpoints)}. Lower train.lr_d/lr_g or use train.precision=fp32")
         per_rank = dist.all_gather_rows(self.acc / self.counts.clamp(min=1)).cpu()
+        data_wait_ms = self._data_stats()
         now = time.perf_counter()
         img_per_sec = (step - self.tick_step) * t.batch_size * t.n_critic / max(now - self.tick_time, 1e-9)
         metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank, "skipped_steps": self.guard.skipped,
-                   "checkpointed": bool(ckpt),
+                   "checkpointed": bool(ckpt), "data_wait_ms": data_wait_ms,
+                   **({"skipped_images": self.skipped_images} if self.cfg.dataset.skip_bad else {}),
                    **{n: float(v) for n, v in zip(self.stat_names, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(self.stat_names, per_rank.mean(0))}}
         # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
@@ -249,13 +257,23 @@ class Training:
             metrics["stopped"] = True
         return stop
 
+    def _data_stats(self) -> float:
+        """Every rank (a collective): the slowest rank's mean wait for a batch since the last tick, in ms
+        (``perf/data_wait_ms``); ``skipped_images`` updated with every rank's replaced images."""
+        local = torch.tensor([self.batches.take_wait_ms(), self.batches.skipped], device=self.device)
+        rows = dist.all_gather_rows(local).cpu()
+        self.skipped_images = self.skipped_images_at_start + int(rows[:, 1].sum())
+        return float(rows[:, 0].max())
+
     def _write_tick(self, metrics: dict, per_rank: torch.Tensor, img_per_sec: float, scores: dict,
                     ckpt: bool, last: bool) -> Path | None:
         """Rank 0: TensorBoard, best/regular checkpoints, samples, the progress line. Returns the
         checkpoint written, if any."""
         step, saved = self.step, None
-        self.writer.scalars(step, self.stat_names, per_rank, {"perf/img_per_sec": img_per_sec,
-                                                              "train/skipped_steps": self.guard.skipped})
+        self.writer.scalars(step, self.stat_names, per_rank, {
+            "perf/img_per_sec": img_per_sec, "train/skipped_steps": self.guard.skipped,
+            "perf/data_wait_ms": metrics["data_wait_ms"],
+            **({"data/skipped_images": self.skipped_images} if self.cfg.dataset.skip_bad else {})})
         if scores:
             self.writer.metrics(step, scores)
             if self.evaluator.improved(scores):
@@ -281,7 +299,7 @@ class Training:
             step=self.step, images_seen=self.step * self.t.batch_size, rng_cpu=torch.get_rng_state(),
             config=to_dict(self.cfg), data_shape=list(self.data.shape), num_classes=self.num_classes,
             fixed_z=self.fixed_z.cpu(), fixed_y=self.fixed_y.cpu() if self.fixed_y is not None else None,
-            skipped_steps=self.guard.skipped)
+            skipped_steps=self.guard.skipped, skipped_images=self.skipped_images)
 
     def save_checkpoint(self, best: dict | None = None) -> Path:
         state = self.state().to_dict()

@@ -53,7 +53,24 @@ def fixtures(tmp_path_factory) -> Path:
     _checkpoint(root / "corrupt_ckpt", width=4, corrupt=True)
     _checkpoint(root / "corrupt_run" / "checkpoints", width=4, corrupt=True)
     (root / "a_file").write_text("not a folder")
+    _image_fixtures(root)
     return root
+
+
+def _image_fixtures(root: Path) -> None:
+    """Folders and zips of images, each indexed once here (as an earlier start would have): the index
+    cached beside the data is the data's, and the rows check that nothing else is written."""
+    from distgan.data.index import open_index
+    from distgan.testing.images import make_flat, make_tree, zip_tree
+
+    make_tree(root / "images", 12, sizes=(32, 32), extras=False)  # 3 classes, 32 px
+    make_flat(root / "flat", 12)  # unlabelled
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no images here")
+    (root / "not_a_zip.zip").write_bytes(b"PK but not really")
+    zip_tree(make_tree(root / "mixed_tree", 6, extras=False), root / "mixed.zip")
+    for source in ("images", "flat", "empty", "mixed.zip"):
+        open_index(root / source, progress=False)
 
 
 # (id, overrides; {F} is the fixtures folder, {RUN} the run directory)
@@ -80,6 +97,21 @@ ROWS = [
     ("more-gpus-than-present", ["cluster.use_gpu=true"]),
     ("missing-dataset", ["dataset=mnist", "dataset.root=/nonexistent/distgan-data"]),
     ("corrupt-dataset-file", ["dataset=mnist", "dataset.root={F}/corrupt_mnist"]),
+    ("folder-missing", ["dataset=image_folder", "dataset.root={F}/no_such_folder"]),
+    ("folder-without-root", ["dataset=image_folder"]),
+    ("folder-without-images", ["dataset=image_folder", "dataset.root={F}/empty"]),
+    ("folder-given-a-zip", ["dataset=image_folder", "dataset.root={F}/mixed.zip"]),
+    ("zip-missing", ["dataset=zip", "dataset.root={F}/no_such.zip"]),
+    ("zip-not-a-zip", ["dataset=zip", "dataset.root={F}/not_a_zip.zip"]),
+    ("zip-of-several-resolutions", ["dataset=zip", "dataset.root={F}/mixed.zip"]),
+    ("resolution-not-a-power-of-two", ["dataset=image_folder", "dataset.root={F}/images", "dataset.resolution=48"]),
+    ("resolution-above-1024", ["dataset=image_folder", "dataset.root={F}/images", "dataset.resolution=2048"]),
+    ("model-size-not-supported", ["dataset=image_folder", "dataset.root={F}/images", "model=dcgan",
+                                  "dataset.resolution=128"]),
+    ("conditional-on-unlabelled-folder", ["dataset=image_folder", "dataset.root={F}/flat", "model.conditional=true"]),
+    ("batch-larger-than-folder", ["dataset=image_folder", "dataset.root={F}/images", "train.batch_size=64"]),
+    ("xflip-on-an-in-memory-set", ["dataset.xflip=true"]),
+    ("stage-dir-for-a-folder", ["dataset=image_folder", "dataset.root={F}/images", "dataset.stage_dir={F}/scratch"]),
     ("run-dir-not-writable", ["hydra.run.dir=/proc/distgan-no-such-dir/run"]),
     ("run-dir-under-a-file", ["hydra.run.dir={F}/a_file/run"]),
     ("resume-missing", ["resume={F}/no_such_checkpoint"]),

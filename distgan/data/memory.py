@@ -1,5 +1,4 @@
-"""Small image sets decoded once into memory: Fashion-MNIST, MNIST, CIFAR-10 (torchvision's formats) and
-a folder of class subfolders.
+"""Small image sets decoded once into memory: Fashion-MNIST, MNIST, CIFAR-10 (torchvision's formats).
 
 Images are kept as one uint8 ``(N, C, H, W)`` tensor per worker; a batch is indexed and scaled to
 [-1, 1] on the fly (no per-sample PIL work in the loop). Fashion-MNIST is found in ``dataset.root``,
@@ -12,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import pickle
 import shutil
 import struct
 from dataclasses import replace
@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 
 from distgan.config import DatasetConfig
+from distgan.data.streamed import requested_resolution
 from distgan.errors import UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FOLDER = "cifar-10-batches-py"
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 _NOT_FOUND_HINTS = {
     "fashion_mnist": ("put the idx files in {root}/FashionMNIST/raw, install the Debian package "
@@ -103,17 +105,10 @@ def locate_torchvision(cfg: DatasetConfig) -> DatasetConfig:
     in the launcher before any worker starts, so workers never race to unpack or download."""
     root, name = _root(cfg), cfg.name
     found = (_has_raw(root, TORCHVISION_CLASSES[name]) if name in ("fashion_mnist", "mnist")
-             else (root / "cifar-10-batches-py" / "data_batch_1").exists())
+             else (root / CIFAR_FOLDER / "data_batch_1").exists())
     if found or (name == "fashion_mnist" and _unpack_debian(root)) or cfg.download:
         return replace(cfg, root=str(root))  # with download=true torchvision fetches in load(), called once first
     raise UserError(f"{name} not found in dataset.root={root}: {_NOT_FOUND_HINTS[name].format(root=root)}")
-
-
-def locate_folder(cfg: DatasetConfig) -> DatasetConfig:
-    root = _root(cfg)
-    if not root.is_dir():
-        raise UserError(f"dataset.root={root} is not a folder; point it at a folder of class subfolders")
-    return replace(cfg, root=str(root))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -130,8 +125,15 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
                 raise ValueError(f"{len(x)} images but {len(labels)} labels")
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {cfg.name} from {root}: {e}") from None
-        return MemoryDataset(_resized(x, cfg.image_size), labels, 10)
-    import torchvision
+        return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, 10)
+    if cfg.name == "cifar10" and (root / CIFAR_FOLDER / "data_batch_1").exists():
+        try:
+            x, labels, classes = _read_cifar(root / CIFAR_FOLDER, train)
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
+            raise UserError(f"cannot read cifar10 from {root / CIFAR_FOLDER}: {str(e).splitlines()[0][:200]}; "
+                            "the files look truncated or corrupt: copy them again") from None
+        return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, classes)
+    import torchvision  # dataset.download=true: torchvision fetches (and checks) the files
 
     try:
         ds = getattr(torchvision.datasets, folder)(str(root), train=train, download=cfg.download)
@@ -139,23 +141,8 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
         raise UserError(f"cannot read {cfg.name} from {root}: {str(e).splitlines()[0]}") from None
     x = torch.as_tensor(ds.data)
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
-    return MemoryDataset(_resized(x, cfg.image_size), torch.as_tensor(ds.targets, dtype=torch.long), len(ds.classes))
-
-
-def load_folder(cfg: DatasetConfig, seed: int = 0) -> MemoryDataset:
-    """Every image of a folder of class subfolders (torchvision ImageFolder), resized and centre-cropped."""
-    import torchvision
-    from torchvision.transforms import v2
-
-    root = cfg.root or default_root()
-    try:
-        ds = torchvision.datasets.ImageFolder(root)
-    except (FileNotFoundError, OSError) as e:
-        raise UserError(f"no images found under dataset.root={root} ({str(e).splitlines()[0]})") from None
-    size = cfg.image_size or 64
-    to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize(size), v2.CenterCrop(size)])
-    x = torch.stack([to_tensor(ds.loader(p).convert("RGB")) for p, _ in ds.samples])
-    return MemoryDataset(x, torch.tensor(ds.targets), len(ds.classes))
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, len(ds.classes))
 
 
 def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -164,6 +151,49 @@ def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
         x = TF.resize(x, [size, size], antialias=True)
     return x.contiguous()
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles: only the globals a dict of numpy arrays needs may load, so a
+    crafted file cannot run code (torchvision unpickles them unrestricted)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a CIFAR-10 batch)")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        entry = _ArraysOnly(f, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} is not a CIFAR-10 batch")
+    return entry
+
+
+def _read_cifar(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(uint8 (N, 3, 32, 32), labels, classes) from ``cifar-10-batches-py`` (data_batch_1..5 or test_batch,
+    batches.meta), the layout torchvision reads; read here for the same reason as :func:`_read_idx`."""
+    import numpy as np
+
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]:
+        entry = _unpickle(folder / name)
+        try:
+            data, labels = np.asarray(entry["data"], dtype=np.uint8), entry.get("labels", entry.get("fine_labels"))
+        except KeyError:
+            raise ValueError(f"{name} has no 'data'") from None
+        if labels is None or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+            raise ValueError(f"{name} is not a CIFAR-10 batch (data {data.shape}, labels of another length)")
+        xs.append(data)
+        ys.extend(labels)
+    meta = folder / "batches.meta"
+    classes = len(_unpickle(meta).get("label_names", range(10))) if meta.exists() else 10
+    x = torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32).copy())
+    return x, torch.as_tensor(ys, dtype=torch.long), classes
 
 
 def _read_idx(path: Path) -> torch.Tensor:

@@ -42,7 +42,7 @@ def _preflight(cfg: Config) -> Checked:
     validate(cfg, cuda_devices=cuda)  # its first checks need no torch: a typo is answered before importing it
     from distgan import data
 
-    cfg = replace(cfg, dataset=data.locate(cfg.dataset))
+    cfg = replace(cfg, dataset=data.locate(cfg.dataset))  # a folder or zip: its index (no image decoded)
     _check_data_readable(cfg)
     run_dir = RunDir(cfg.run_dir)
     _check_writable(run_dir.path)
@@ -53,21 +53,23 @@ def _preflight(cfg: Config) -> Checked:
 
 def _check_data_readable(cfg: Config) -> None:
     """Decode a small in-memory training set once here, so a corrupt file is one line now and not a crash
-    in every worker later."""
-    from distgan import data
+    in every worker later; a streamed folder or zip is opened over its index (no image is decoded, and
+    nothing is staged: the driver may be a login node). Then the rules that need the data itself."""
+    from distgan import data, models
 
-    if not data.spec(cfg.dataset.name).check_readable:
+    spec = data.spec(cfg.dataset.name)
+    if not (spec.check_readable or spec.streamed):
         return
+    models.check(cfg)  # again: locate() has pinned the resolution of a folder or zip
     try:
-        n = len(data.load(cfg.dataset, seed=cfg.train.seed))
+        dataset = data.load(replace(cfg.dataset, stage_dir=None), seed=cfg.train.seed)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - torchvision asserts, unpickling errors, … all mean a bad file
         raise UserError(f"cannot read {cfg.dataset.name} from dataset.root={cfg.dataset.root} "
                         f"({type(e).__name__}{': ' + str(e).splitlines()[0][:120] if str(e) else ''}); the files "
                         "look truncated or corrupt: delete them and copy them again") from None
-    if cfg.train.batch_size > n:
-        raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than {cfg.dataset.name} ({n} images)")
+    data.check_loaded(cfg, dataset)
 
 
 def _check_writable(path: Path) -> None:

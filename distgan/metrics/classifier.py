@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from distgan import data
 from distgan.config import DatasetConfig
-from distgan.data.memory import TORCHVISION_CLASSES, MemoryDataset, load_torchvision
+from distgan.data.memory import TORCHVISION_CLASSES, load_torchvision
 from distgan.errors import UserError
 
 log = logging.getLogger("distgan")
@@ -68,23 +68,36 @@ def cache_dir() -> Path:
 
 
 def cache_key(cfg: DatasetConfig, settings: ClassifierSettings) -> str:
-    """Dataset identity (name, size, folder for image_folder) + every setting: a changed one retrains."""
-    ident = {"dataset": cfg.name, "image_size": cfg.image_size, **asdict(settings)}
-    if cfg.name == "image_folder":
-        ident["root"] = str(Path(cfg.root or "").resolve())
+    """Dataset identity (name, size, the data's path for a folder or zip) + every setting: a changed one
+    retrains."""
+    size = data.requested_resolution(cfg)
+    ident = {"dataset": cfg.name, "image_size": size, **asdict(settings)}
+    if data.spec(cfg.name).needs_root:  # a folder or zip: its path and channels
+        ident.update(root=str(Path(cfg.root or "").resolve()), channels=cfg.channels)
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{cfg.name}-{cfg.image_size or 'native'}-{digest}"
+    return f"{cfg.name}-{size or 'native'}-{digest}"
 
 
-def _test_split(cfg: DatasetConfig, train: MemoryDataset, seed: int) -> tuple[MemoryDataset, MemoryDataset]:
-    """(train, test): the dataset's own test split where there is one, else a 10 % hold-out."""
+def _test_split(cfg: DatasetConfig, train: data.Dataset, seed: int):
+    """(train set, its indices used, test set, its indices): the dataset's own test split where there is
+    one, else a 10 % hold-out of the training set."""
     if cfg.name in TORCHVISION_CLASSES:
-        return train, load_torchvision(cfg, train=False)
+        test = load_torchvision(cfg, train=False)
+        return train, torch.arange(len(train)), test, torch.arange(len(test))
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     cut = len(train) // 10
-    test, rest = perm[:cut], perm[cut:]
-    return (MemoryDataset(train.x[rest], train.labels[rest], train.num_classes),
-            MemoryDataset(train.x[test], train.labels[test], train.num_classes))
+    return train, perm[cut:], train, perm[:cut]
+
+
+def _predict_dataset(model: Classifier, dataset: data.Dataset, idx: torch.Tensor, batch: int = 500):
+    """:func:`predict` over samples ``idx`` of any dataset, decoded ``batch`` at a time, and their labels."""
+    feats, preds, labels = [], [], []
+    for x, y in data.read_batches(dataset, idx, batch):
+        f, p = predict(model, x, batch)
+        feats.append(f)
+        preds.append(p)
+        labels.append(y if y is not None else torch.full((len(x),), -1))
+    return torch.cat(feats), torch.cat(preds), torch.cat(labels)
 
 
 @torch.no_grad()
@@ -104,35 +117,34 @@ def _train(cfg: DatasetConfig, settings: ClassifierSettings) -> dict:
     from tqdm import tqdm
 
     full = data.load(cfg, seed=settings.seed)
-    if full.labels is None or full.num_classes < 2:
+    if full.num_classes < 2:
         raise UserError(f"dataset={cfg.name} has no class labels: image metrics need a labelled dataset")
-    train, test = _test_split(cfg, full, settings.seed)
+    train, train_idx, test, test_idx = _test_split(cfg, full, settings.seed)
     g = torch.Generator().manual_seed(settings.seed)
-    n = min(settings.train_samples or len(train), len(train))
-    subset = torch.randperm(len(train), generator=g)[:n]
+    n = min(settings.train_samples or len(train_idx), len(train_idx))
+    subset = train_idx[torch.randperm(len(train_idx), generator=g)[:n]]
     torch.manual_seed(settings.seed)
-    model = Classifier(train.x.shape[1], train.num_classes, settings.width)
+    channels = train.shape[0]
+    model = Classifier(channels, train.num_classes, settings.width)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     steps = settings.epochs * (n // settings.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=max(steps, 1))
-    cpu = torch.device("cpu")
     with tqdm(total=steps, desc=f"classifier for {cfg.name} (once, cached)", unit="step", leave=False) as bar:
         for _ in range(settings.epochs):
             order = subset[torch.randperm(n, generator=g)]
-            for i in range(0, n - settings.batch_size + 1, settings.batch_size):
-                idx = order[i:i + settings.batch_size]
-                _, logits = model(train.batch(idx, cpu))
-                loss = F.cross_entropy(logits, train.labels[idx])
+            for x, y in data.read_batches(train, order[:n - n % settings.batch_size], settings.batch_size):
+                _, logits = model(x)
+                loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    _, pred = predict(model, test.batch(torch.arange(len(test)), cpu))
-    accuracy = float((pred == test.labels).float().mean())
+    _, pred, labels = _predict_dataset(model, test, test_idx)
+    accuracy = float((pred == labels).float().mean())
     log.info("classifier for %s: test accuracy %.4f", cfg.name, accuracy)
-    return {"model": model.state_dict(), "num_classes": train.num_classes, "channels": train.x.shape[1],
+    return {"model": model.state_dict(), "num_classes": train.num_classes, "channels": channels,
             "test_accuracy": accuracy, "settings": asdict(settings)}
 
 
@@ -173,6 +185,6 @@ def real_reference(cfg: DatasetConfig, model: Classifier,
     real = data.load(cfg, seed=settings.seed)
     idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(settings.seed + 1))
     idx = idx[:settings.real_samples]
-    feats, pred = predict(model, real.batch(idx, torch.device("cpu")))
+    feats, pred, _ = _predict_dataset(model, real, idx)
     _atomic_save({"features": feats, "pred": pred}, path)
     return feats, pred

@@ -61,9 +61,9 @@ def check(cfg: Config) -> None:
         raise UserError(f"dataset={cfg.dataset.name} is {'2D points' if kind == 'points' else kind + 's'}: "
                         f"use model={' or model='.join(fits)}")
     size = data.image_size(cfg.dataset)
-    if model.sizes and size not in model.sizes:
+    if model.sizes and size is not None and size not in model.sizes:  # None: a folder/zip not yet indexed
         raise UserError(f"model={cfg.model.name} supports {', '.join(map(str, model.sizes))} px images, got {size}; "
-                        "set dataset.image_size")
+                        "set dataset.resolution")
     if model.check:
         model.check(cfg)
 
@@ -76,7 +76,8 @@ def build_models(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0)
     else:
         if num_classes < 2:
             raise UserError("model.conditional=true needs a labelled dataset with at least 2 classes "
-                            "(fashion_mnist, mnist, cifar10, image_folder); set model.conditional=false")
+                            "(fashion_mnist, mnist, cifar10, or an image_folder/zip with labels); "
+                            "set model.conditional=false")
         embed_dim = cfg.latent_dim  # class code as wide as z
         G, D = build(replace(cfg, latent_dim=cfg.latent_dim + embed_dim), tuple(shape))
         G, D = ConditionalGenerator(G, num_classes, embed_dim), ProjectionDiscriminator(D, num_classes)

@@ -13,7 +13,7 @@ IMAGE_LAYOUTS = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
 def image_layout(model: str, size: int) -> tuple[int, int]:
     if size not in IMAGE_LAYOUTS:
         raise UserError(f"model={model} supports {', '.join(map(str, IMAGE_LAYOUTS))} px images, got {size}; "
-                        "set dataset.image_size")
+                        "set dataset.resolution")
     return IMAGE_LAYOUTS[size]
 
 
