@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ def load(path: str | Path, expect: dict | None = None) -> Reference | None:
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
         ref = Reference(d["mean"], d["cov"], int(d["count"]), d["subset"], d["meta"])
-    except (OSError, KeyError, RuntimeError, ValueError, EOFError):
+    except (OSError, KeyError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
         return None
     if expect and any(ref.meta.get(k) != v for k, v in expect.items()):
         return None

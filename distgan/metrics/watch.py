@@ -136,6 +136,14 @@ class _Board:
             self.writer.flush()
 
 
+def _best_meta(root: Path) -> dict | None:
+    """``{"step", "scores"}`` of ``root/best``, if there is one."""
+    try:
+        return json.loads((root / ckpt.BEST / ckpt.META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def best_key(metrics: dict) -> str | None:
     return next((k for k in metrics if k.startswith("fid")), None)
 
@@ -153,7 +161,7 @@ def watch(run_dir: str | Path, score_fn: Callable[[Path], dict | tuple[dict, dic
     best = None
     if root.is_dir():
         _clean(root)
-        best = ckpt.best_scores(root)
+        best = _best_meta(root)
     scored = 0
     try:
         while True:
@@ -162,7 +170,7 @@ def watch(run_dir: str | Path, score_fn: Callable[[Path], dict | tuple[dict, dic
             for folder in pending:
                 record = _score_one(root, folder, score_fn, best, log)
                 if record.get("best"):
-                    best = record["metrics"]
+                    best = {"step": record["step"], "scores": record["metrics"]}
                 append_score(scores, record)
                 if "metrics" in record:
                     board.add(record)
@@ -191,9 +199,11 @@ def _score_one(root: Path, folder: Path, score_fn, best: dict | None, log) -> di
         metrics, meta = result if isinstance(result, tuple) else (result, {})
         key = best_key(metrics)
         value = metrics.get(key) if key else None
+        held, held_step = (best or {}).get("scores") or {}, (best or {}).get("step")
+        # held_step == step: installed as best just before a restart, by the first scoring of this step
         improved = (value is not None and math.isfinite(value)
-                    and (best is None or key not in best or value < best[key]))
-        if improved:
+                    and (key not in held or value < held[key] or held_step == step))
+        if improved and held_step != step:
             _install_best(root, snap, step, metrics)
         log(f"scored {folder.name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             + ("  (new best)" if improved else ""))
