@@ -125,3 +125,65 @@ def test_reference_is_cached_and_scores_are_named(tmp_path, monkeypatch):
                          _fake_extractor, 32, num_samples=300, full=True, keep=100)
     assert same["fid300_full"] == pytest.approx(0, abs=1e-8) and same["precision"] == 1.0
     assert metrics["fid200"] > 1e-3  # other images: a distance
+
+
+# ----------------------------------------------------------------------------------------- sample files
+def test_npy_samples_stream_in_strided_shards(tmp_path):
+    x = np.random.default_rng(0).uniform(-1, 1, (11, 1, 5, 5)).astype(np.float32)  # as launch/sample.py writes
+    np.save(tmp_path / "s.npy", x)
+    seen = {}
+    for rank in range(3):
+        n, batches = sources.sample_batches(tmp_path / "s.npy", 2, rank, 3)
+        assert n == 11
+        for idx, images in batches:
+            assert set((idx % 3).tolist()) == {rank}
+            seen.update({int(i): im for i, im in zip(idx, images)})
+    assert sorted(seen) == list(range(11))
+    np.testing.assert_array_equal(np.stack([seen[i].numpy() for i in range(11)]), x)
+
+
+@pytest.mark.parametrize("array,message", [(np.full((2, 3, 4, 4), 3.0, np.float32), "expected \\[-1, 1\\]"),
+                                           (np.zeros((2, 4, 4), np.float32), "N x C x H x W"),
+                                           (np.zeros((2, 2, 4, 4), np.float32), "C = 1 or 3")])
+def test_npy_samples_refuse_what_they_cannot_be(tmp_path, array, message):
+    from distgan.errors import UserError
+
+    np.save(tmp_path / "s.npy", array)
+    with pytest.raises(UserError, match=message):
+        n, batches = sources.sample_batches(tmp_path / "s.npy", 8)
+        list(batches)
+
+
+def test_image_folder_samples(tmp_path):
+    from PIL import Image
+
+    from distgan.errors import UserError
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (6, 6), dtype=np.uint8) for _ in range(5)]
+    (tmp_path / "sub").mkdir()
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / ("sub" if i == 4 else ".") / f"{i}.png")
+    n, batches = sources.sample_batches(tmp_path, 2)
+    got = {int(i): im for idx, ims in batches for i, im in zip(idx, ims)}
+    assert n == 5 and got[0].shape == (1, 6, 6) and got[0].dtype == torch.uint8
+    files = sources.ImageFiles(tmp_path).files  # sorted, recursive
+    for i, f in enumerate(files):
+        np.testing.assert_array_equal(got[i][0].numpy(), pixels[int(f.stem)])
+    Image.fromarray(rng.integers(0, 256, (7, 7, 3), dtype=np.uint8)).save(tmp_path / "9.png")
+    with pytest.raises(UserError, match="differ in size"):
+        list(sources.sample_batches(tmp_path, 10)[1])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .png"):
+        sources.sample_batches(tmp_path / "empty", 2)
+
+
+def test_generated_samples_depend_on_the_index_alone():
+    z_all = sources.index_latents(torch.arange(10), 4, seed=3)
+    torch.testing.assert_close(sources.index_latents(torch.tensor([7, 2]), 4, seed=3), z_all[[7, 2]], rtol=0, atol=0)
+    assert not torch.equal(sources.index_latents(torch.arange(10), 4, seed=4), z_all)
+    G = torch.nn.Linear(4, 3)
+    fn = sources.generator_fn(G, 4, seed=3)
+    torch.testing.assert_close(fn(torch.tensor([5])), G(z_all[5:6]))
+    assert torch.equal(sources.spread(10, None), torch.arange(10))
+    assert sources.spread(10, 4).tolist() == [0, 2, 5, 7]

@@ -211,18 +211,22 @@ def test_one_and_two_ranks_give_the_same_statistics_and_scores():
         assert m2[k] == pytest.approx(m1[k], rel=1e-6, abs=1e-9)
 
 
-def _shared_missing(tmp):
+def _shared_load(tmp, ranks_with_weights):
     import os
 
+    import torch.distributed as tdist
+
     os.environ["XDG_CACHE_HOME"] = tmp
-    I.packaged_weights = lambda: None
+    if tdist.get_rank() not in ranks_with_weights:
+        I.packaged_weights = lambda: None
     try:
-        I.load_shared()
+        return I.load_shared().info["extractor_sha256"]
     except UserError as e:
         return str(e)
-    return "loaded"
 
 
-def test_missing_weights_stop_every_rank_with_the_same_line(tmp_path):
-    out = gloo.run(_shared_missing, 2, str(tmp_path), timeout=60)
-    assert out[0] == out[1] and out[0].startswith("the Inception weights")
+@needs_weights
+def test_only_rank_0_needs_the_weights_and_a_missing_file_stops_every_rank(tmp_path):
+    assert gloo.run(_shared_load, 2, str(tmp_path), (0,), timeout=60) == [I.FID_HELPER_SHA256[:12]] * 2
+    out = gloo.run(_shared_load, 2, str(tmp_path), (1,), timeout=60)
+    assert out[0] == out[1] and out[0].startswith("the Inception weights")  # the same line, no hang
