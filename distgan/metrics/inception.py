@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,9 @@ class InceptionFeatures:
             file = locate(path, download)
             data, source = read_verified(file), str(file)
         raw, digest, known = data
-        self.net = torch.jit.load(io.BytesIO(raw), map_location=self.device).eval()
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": the files are TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(io.BytesIO(raw), map_location=self.device).eval()
         self.known = known
         self.info = {"extractor": "inception-2015-12-05", "extractor_sha256": digest[:12], "resize": RESIZE,
                      "feature_dim": DIM, "weights": known.name, "file": source}
