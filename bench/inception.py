@@ -72,14 +72,16 @@ def streamed(n: int, keep: int, num_real: int, batch: int) -> dict:
             "metrics": metrics}
 
 
-def gpu(n: int, batch: int) -> dict:
+def gpu(n: int, batch: int, device: str = "cuda") -> dict:
     import torch
 
     from distgan.metrics import inception_eval as E
     from distgan.metrics import sources
     from distgan.metrics.inception import DIM, InceptionFeatures
 
-    device = torch.device("cuda")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     ex = InceptionFeatures(device=device, batch_size=batch)
     G, nz = _dcgan(64, 3, device)
     meta = {**ex.info, "resolution": 64, "num_real": n}
@@ -88,19 +90,21 @@ def gpu(n: int, batch: int) -> dict:
         g = torch.Generator(device=device).manual_seed(int(idx[0]))
         return torch.randint(0, 256, (len(idx), 3, 64, 64), generator=g, device=device, dtype=torch.uint8)
 
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     ref = E.reference(lambda r, w: sources.index_batches(real, n, batch, r, w), meta, ex, DIM, "bench-gpu",
                       device=device, cache=False)
-    torch.cuda.synchronize()
+    sync()
     t1 = time.perf_counter()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     metrics, info = E.evaluate(lambda r, w: sources.index_batches(sources.generator_fn(G, nz, 0, device=device),
                                                                   n, batch, r, w),
                                ref, ex, DIM, num_samples=n, full=True, device=device)
-    torch.cuda.synchronize()
-    return {"reference_s": t1 - t0, "fid_s": time.perf_counter() - t1, "device": torch.cuda.get_device_name(),
-            "gpu_mb": torch.cuda.max_memory_allocated() / 2**20, "metrics": metrics, "meta": info}
+    sync()
+    return {"reference_s": t1 - t0, "fid_s": time.perf_counter() - t1,
+            "device": torch.cuda.get_device_name() if cuda else "CPU",
+            "gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0, "metrics": metrics, "meta": info}
 
 
 def _fresh(fn, *args):
