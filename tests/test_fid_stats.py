@@ -11,9 +11,6 @@ from distgan.metrics import inception_eval as E
 from distgan.metrics import sources
 from distgan.metrics import stats as S
 
-pytest.importorskip("pytorch_fid")
-from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
-
 
 def _features(seed: int, n: int, d: int) -> np.ndarray:
     """Correlated, shifted features (float32 values, as an extractor gives)."""
@@ -40,6 +37,7 @@ def _streamed(x: np.ndarray, world: int = 1, batch: int = 37, keep: int = 0) -> 
 
 @pytest.mark.parametrize("n,d", [(2000, 64), (300, 512)])
 def test_fd_matches_pytorch_fid(n, d):
+    calculate_frechet_distance = pytest.importorskip("pytorch_fid.fid_score").calculate_frechet_distance
     a, b = _features(0, n, d), _features(1, n + 37, d)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     expected = calculate_frechet_distance(a64.mean(0), np.cov(a64, rowvar=False),

@@ -151,6 +151,8 @@ def _cross_check(tmp_path, fid_helper, extractor, n):
     helper = fid_helper.FidHelper(device="cpu")  # defaults: :default_1, TF input range, nv_bilinear_float
     expected = float(helper.compute_fid_score_from_dir(str(a), str(b), batch_size=25))
     got = _distgan_fid(extractor, a, b, n)
+    print(f"FID of 2 x {n} images: distgan {got:.6f}, fid-helper-pytorch {expected:.6f}, "
+          f"relative difference {abs(got - expected) / expected:.1e}")
     assert got == pytest.approx(expected, rel=1e-3)
     return got, expected
 
