@@ -88,8 +88,8 @@ class Evaluator:
             self.extractor.prepare(self.device)
         net = eval_copy(G)
         idx = shard(self.n, dist.rank(), dist.world_size())
-        z, labels = latents(self.n, self.cfg.model.latent_dim, self.seed, self.conditional_classes)
-        x = generate(net, z[idx], None if labels is None else labels[idx], self.device)
+        z, labels = latents(idx, self.cfg.model.latent_dim, self.seed, self.conditional_classes)  # this rank's only
+        x = generate(net, z, labels, self.device)
         if self.extractor is not None:
             feats, pred = self.extractor(x)
             x = torch.cat([feats, pred.unsqueeze(1).float()], 1)

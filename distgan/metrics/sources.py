@@ -2,7 +2,7 @@
 
 Rank ``r`` of ``W`` takes the global indices r, r + W, r + 2W, … < N (no padding: statistics are sums,
 so ranks may hold one sample more or less). Sources: a function of the indices (a generator, whose
-sample i depends on (seed, i) alone, or an in-memory dataset), a ``.npy`` file of N×C×H×W floats in
+sample i depends on (seed, i) alone, or a dataset read through ``item(i)``), a ``.npy`` file of N×C×H×W floats in
 [-1, 1] as ``launch/sample.py`` writes (read through a memory map, one batch at a time), and a folder of
 PNG/JPEG files (decoded by PIL in DataLoader workers, in sorted file-name order).
 """
@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from distgan.data import counter_generator
 from distgan.errors import UserError
+from distgan.rng import eval_latents
 
-EVAL_STREAM = 5  # the evaluator's counter_generator stream (distgan/metrics/evaluator.py)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
@@ -43,20 +42,15 @@ def spread(length: int, n: int | None) -> torch.Tensor:
     return torch.arange(n) * length // n
 
 
-def index_latents(indices: torch.Tensor, latent_dim: int, seed: int) -> torch.Tensor:
-    """Latent of evaluation sample i from (seed, i) alone: one generator per sample, so a rank draws only
-    its own rows and nothing grows with N (evaluator.latents draws all N on every rank)."""
-    return torch.stack([torch.randn(latent_dim, generator=counter_generator(seed, EVAL_STREAM, int(i)))
-                        for i in indices])
-
-
 def generator_fn(G: torch.nn.Module, latent_dim: int, seed: int, num_classes: int = 0,
                  device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fn(indices) -> G's images`` (class i mod C for a conditional G), for :func:`index_batches`."""
+    """``fn(indices) -> G's images`` for :func:`index_batches`: sample i from (seed, i) alone
+    (:func:`distgan.rng.eval_latents`, as launch/sample.py draws it), class i mod C for a conditional G."""
     @torch.no_grad()
     def fn(idx: torch.Tensor) -> torch.Tensor:
-        z = index_latents(idx, latent_dim, seed).to(device)
-        return G(z) if not num_classes else G(z, (idx % num_classes).to(device))
+        z, labels = eval_latents(idx, latent_dim, seed, num_classes)
+        z = z.to(device)
+        return G(z) if labels is None else G(z, labels.to(device))
 
     return fn
 
