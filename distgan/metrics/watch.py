@@ -1,7 +1,7 @@
 """The asynchronous evaluator: score each finished checkpoint of a run as it appears, so training never
 waits for its metrics (``train.eval_mode=async``; StyleGAN3 users' runs "stuck at Evaluating metrics").
 
-For every ``checkpoints/step_*`` (finished: it has ``meta.json``), in step order, :func:`watch`
+For every finished checkpoint (it has ``meta.json``), in step order, :func:`watch`
 
 1. takes a snapshot: hard links to the checkpoint's files in a hidden folder, so the trainer's retention
    can delete the step folder meanwhile without pulling the file from under the scorer (a copy where
@@ -18,6 +18,12 @@ name order and does not go back to an older file, so one writer's new points wou
 restart the watcher resumes after the last JSON line (a half-written last line is cut off and its
 checkpoint scored again), purges its own TensorBoard points and writes them again from the JSON lines.
 One watcher per run directory; it owns ``checkpoints/best`` (the trainer does not write it in async mode).
+
+Which checkpoints: with ``train.eval_mode=async`` the trainer puts hard links to each evaluation tick's
+checkpoint in ``checkpoints/unscored/`` (:func:`enqueue`) and the watcher scores exactly those
+(``queue_only``), deleting each entry once its line is written: retention (``train.keep_checkpoints``)
+deletes step folders without losing an unscored one, and the links cost no space while the step folder
+exists. Otherwise (a run trained inline, or watched by hand) every ``checkpoints/step_*`` is scored.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from pathlib import Path
 
 from distgan import checkpoint as ckpt
 from distgan.errors import UserError
+from distgan.rundir import RunDir
 
-SCORES = Path("metrics") / "scores.jsonl"
-TB_RUN = Path("tb") / "eval"
+SCORES = Path(RunDir.SCORES)
+TB_RUN = Path(RunDir.TB_EVAL)
+QUEUE = "unscored"  # checkpoints/unscored/step_*: evaluation checkpoints not scored yet (train.eval_mode=async)
 _SNAP, _OLD = ".eval-snap-", ".eval-old-best-"  # not ".tmp-*": the trainer removes those as its own
+_NEW = ".enqueue-"  # the trainer's half-made queue entries (the watcher leaves them alone)
 
 
 def step_of(folder: Path) -> int:
@@ -75,18 +84,47 @@ def append_score(path: Path, record: dict) -> None:
             os.close(fd)
 
 
-def _snapshot(folder: Path) -> Path:
-    """Hard links to (or copies of) ``folder``'s files in a hidden sibling, checked against its sha256."""
-    snap = folder.parent / f"{_SNAP}{folder.name}-{os.getpid()}"
-    shutil.rmtree(snap, ignore_errors=True)
-    snap.mkdir()
+def _link_files(folder: Path, dest: Path) -> None:
+    """``dest`` (made afresh) with hard links to (or, without hard links, copies of) the checkpoint files."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     for name in (ckpt.STATE, ckpt.META):
         try:
-            os.link(folder / name, snap / name)
+            os.link(folder / name, dest / name)
         except FileNotFoundError:
             raise  # the step folder is gone
         except OSError:  # no hard links on this filesystem
-            shutil.copyfile(folder / name, snap / name)
+            shutil.copyfile(folder / name, dest / name)
+
+
+def enqueue(folder: Path) -> Path:
+    """The trainer (async evaluation), right after saving ``folder``: add it to ``checkpoints/unscored``.
+    A step saved again after a restart replaces its entry (moved aside first: a folder cannot be replaced
+    in one rename)."""
+    queue = folder.parent / QUEUE
+    queue.mkdir(exist_ok=True)
+    for stale in queue.glob(f"{_NEW}*"):  # one trainer enqueues at a time: these are a killed one's
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp, final, old = (queue / f"{_NEW}{folder.name}-{os.getpid()}", queue / folder.name,
+                       queue / f"{_NEW}old-{folder.name}-{os.getpid()}")
+    _link_files(folder, tmp)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _snapshot(folder: Path) -> Path:
+    """Hard links to (or copies of) ``folder``'s files in a hidden sibling, checked against its sha256."""
+    snap = folder.parent / f"{_SNAP}{folder.name}-{os.getpid()}"
+    try:
+        _link_files(folder, snap)
+    except FileNotFoundError:
+        time.sleep(0.5)  # a queue entry being replaced (the same step saved again) is back in a moment
+        if not (folder / ckpt.META).exists():
+            raise
+        _link_files(folder, snap)
     ckpt.verify(snap)  # the meta and state of one save, not of two
     return snap
 
@@ -107,7 +145,7 @@ def _install_best(root: Path, snap: Path, step: int, metrics: dict) -> None:
 
 def _clean(root: Path) -> None:
     """Leftovers of a killed watcher: snapshots go; a best moved aside but not yet replaced comes back."""
-    for p in root.glob(f"{_SNAP}*"):
+    for p in [*root.glob(f"{_SNAP}*"), *(root / QUEUE).glob(f"{_SNAP}*")]:
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f"{_OLD}*"):
         if not (root / ckpt.BEST).exists():
@@ -144,16 +182,32 @@ def _best_meta(root: Path) -> dict | None:
         return None
 
 
-def best_key(metrics: dict) -> str | None:
-    return next((k for k in metrics if k.startswith("fid")), None)
+def _pending(root: Path, last: int, queue_only: bool) -> list[Path]:
+    """Finished checkpoints after step ``last``, in step order (a queue entry rather than its step folder,
+    which retention may delete). Queue entries of steps already scored go (a watcher killed between its
+    line and the entry's removal, or a step saved again after a restart)."""
+    found = {} if queue_only else {step_of(f): f for f in ckpt.list_checkpoints(root)}
+    for entry in ckpt.list_checkpoints(root / QUEUE):
+        if step_of(entry) <= last:
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            found[step_of(entry)] = entry
+    return [found[s] for s in sorted(found) if s > last]
 
 
 def watch(run_dir: str | Path, score_fn: Callable[[Path], dict | tuple[dict, dict]], poll_s: float = 30.0,
-          stop_when: Callable[[], bool] = lambda: False, log: Callable[[str], None] | None = None) -> int:
-    """Score every finished checkpoint of ``run_dir`` until ``stop_when()`` is true and none is left;
-    returns how many this call scored. ``score_fn(folder) -> metrics`` or ``(metrics, metadata)``."""
+          stop_when: Callable[[], bool] = lambda: False, log: Callable[[str], None] | None = None,
+          queue_only: bool = False, better: Callable[[dict, dict | None], bool] | None = None,
+          keep_best: bool = True) -> int:
+    """Score every finished checkpoint of ``run_dir`` (only ``checkpoints/unscored`` with ``queue_only``)
+    until ``stop_when()`` is true and none is left; returns how many this call scored.
+    ``score_fn(folder) -> metrics`` or ``(metrics, metadata)``; ``better(new, old)`` decides the best
+    (default: :func:`distgan.metrics.evaluator.better`, the lowest FID on images); ``keep_best=False``
+    leaves ``checkpoints/best`` to the trainer (a run evaluated inline, watched as well)."""
+    if better is None:
+        from distgan.metrics.evaluator import better
     run_dir = Path(run_dir)
-    root, scores = run_dir / "checkpoints", run_dir / SCORES
+    root, scores = run_dir / RunDir.CHECKPOINTS, run_dir / SCORES
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     records = read_scores(scores)
     last = max((r["step"] for r in records), default=-1)
@@ -166,12 +220,14 @@ def watch(run_dir: str | Path, score_fn: Callable[[Path], dict | tuple[dict, dic
     try:
         while True:
             finished = stop_when()  # read before listing: a checkpoint saved before the end is listed
-            pending = sorted((f for f in ckpt.list_checkpoints(root) if step_of(f) > last), key=step_of)
+            pending = _pending(root, last, queue_only)
             for folder in pending:
-                record = _score_one(root, folder, score_fn, best, log)
+                record = _score_one(root, folder, score_fn, best, better if keep_best else None, log)
                 if record.get("best"):
                     best = {"step": record["step"], "scores": record["metrics"]}
                 append_score(scores, record)
+                if folder.parent.name == QUEUE:  # recorded: the entry has served
+                    shutil.rmtree(folder, ignore_errors=True)
                 if "metrics" in record:
                     board.add(record)
                     scored += 1
@@ -184,7 +240,7 @@ def watch(run_dir: str | Path, score_fn: Callable[[Path], dict | tuple[dict, dic
         board.writer.close()
 
 
-def _score_one(root: Path, folder: Path, score_fn, best: dict | None, log) -> dict:
+def _score_one(root: Path, folder: Path, score_fn, best: dict | None, better, log) -> dict:
     step = step_of(folder)
     record = {"step": step, "checkpoint": folder.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
@@ -197,12 +253,9 @@ def _score_one(root: Path, folder: Path, score_fn, best: dict | None, log) -> di
     try:
         result = score_fn(snap)
         metrics, meta = result if isinstance(result, tuple) else (result, {})
-        key = best_key(metrics)
-        value = metrics.get(key) if key else None
-        held, held_step = (best or {}).get("scores") or {}, (best or {}).get("step")
+        held_step = (best or {}).get("step")
         # held_step == step: installed as best just before a restart, by the first scoring of this step
-        improved = (value is not None and math.isfinite(value)
-                    and (key not in held or value < held[key] or held_step == step))
+        improved = better is not None and (held_step == step or better(metrics, (best or {}).get("scores")))
         if improved and held_step != step:
             _install_best(root, snap, step, metrics)
         log(f"scored {folder.name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
