@@ -45,6 +45,7 @@ SCORES = Path(RunDir.SCORES)
 TB_RUN = Path(RunDir.TB_EVAL)
 QUEUE = "unscored"  # checkpoints/unscored/step_*: evaluation checkpoints not scored yet (train.eval_mode=async)
 _SNAP, _OLD = ".eval-snap-", ".eval-old-best-"  # not ".tmp-*": the trainer removes those as its own
+_DONE = ".eval-done-"  # a scored queue entry on its way out
 _NEW = ".enqueue-"  # the trainer's half-made queue entries (the watcher leaves them alone)
 
 
@@ -145,7 +146,7 @@ def _install_best(root: Path, snap: Path, step: int, metrics: dict) -> None:
 
 def _clean(root: Path) -> None:
     """Leftovers of a killed watcher: snapshots go; a best moved aside but not yet replaced comes back."""
-    for p in [*root.glob(f"{_SNAP}*"), *(root / QUEUE).glob(f"{_SNAP}*")]:
+    for p in [*root.glob(f"{_SNAP}*"), *(root / QUEUE).glob(".eval-*")]:
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f"{_OLD}*"):
         if not (root / ckpt.BEST).exists():
@@ -182,6 +183,17 @@ def _best_meta(root: Path) -> dict | None:
         return None
 
 
+def _dequeue(entry: Path) -> None:
+    """Remove a queue entry: renamed out of the listing first, so a watcher killed meanwhile leaves no
+    half-deleted ``step_*`` behind (``_clean`` removes the renamed leftovers)."""
+    gone = entry.parent / f"{_DONE}{entry.name}-{os.getpid()}"
+    try:
+        os.replace(entry, gone)
+    except OSError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _pending(root: Path, last: int, queue_only: bool) -> list[Path]:
     """Finished checkpoints after step ``last``, in step order (a queue entry rather than its step folder,
     which retention may delete). Queue entries of steps already scored go (a watcher killed between its
@@ -189,7 +201,7 @@ def _pending(root: Path, last: int, queue_only: bool) -> list[Path]:
     found = {} if queue_only else {step_of(f): f for f in ckpt.list_checkpoints(root)}
     for entry in ckpt.list_checkpoints(root / QUEUE):
         if step_of(entry) <= last:
-            shutil.rmtree(entry, ignore_errors=True)
+            _dequeue(entry)
         else:
             found[step_of(entry)] = entry
     return [found[s] for s in sorted(found) if s > last]
@@ -227,7 +239,7 @@ def watch(run_dir: str | Path, score_fn: Callable[[Path], dict | tuple[dict, dic
                     best = {"step": record["step"], "scores": record["metrics"]}
                 append_score(scores, record)
                 if folder.parent.name == QUEUE:  # recorded: the entry has served
-                    shutil.rmtree(folder, ignore_errors=True)
+                    _dequeue(folder)
                 if "metrics" in record:
                     board.add(record)
                     scored += 1
