@@ -7,7 +7,7 @@ bookkeeping, not limits); instead it takes the cores the workers leave free (at 
 lower scheduling priority (``nice`` 10) so that on a full machine the workers win, and on a GPU machine
 it shares the last GPU (Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that ask for none).
 
-When training ends the driver calls :meth:`Evaluator.finish` and waits, with a line saying so, until the
+When training ends the driver calls :meth:`EvaluatorActor.finish` and waits, with a line saying so, until the
 remaining checkpoints are scored; a failed training run stops the actor at once (the queue stays, and
 ``python launch/evaluate.py watch=RUN_DIR`` scores it later).
 """
@@ -25,7 +25,7 @@ from distgan.rundir import RunDir
 POLL_S = 2.0  # the actor looks for new checkpoints this often (a local directory: cheap)
 
 
-class Evaluator:
+class EvaluatorActor:
     """The actor's body (``ray.remote`` is applied in :func:`start`, so importing this needs no Ray)."""
 
     def __init__(self, cfg: dict, device: str, threads: int):
@@ -62,7 +62,7 @@ def start(cfg: Config, cuda_devices: int):
     gpu = use_gpu(cfg, cuda_devices)
     device = f"cuda:{cuda_devices - 1}" if gpu else "cpu"
     threads = max(1, (os.cpu_count() or 1) - world_size(cfg, cuda_devices) * cfg.cluster.cpus_per_worker)
-    actor = ray.remote(num_cpus=0, num_gpus=0, max_concurrency=2)(Evaluator).remote(to_dict(cfg), device, threads)
+    actor = ray.remote(num_cpus=0, num_gpus=0, max_concurrency=2)(EvaluatorActor).remote(to_dict(cfg), device, threads)
     return actor, actor.run.remote()
 
 
