@@ -93,7 +93,7 @@ def score_run(run_dir: str | Path, cfg: Config, metrics: MetricsConfig | None = 
     metrics = metrics or cfg.metrics
     check_weights(metrics)
     done = RunDir(run_dir).done_file
-    queue_only = cfg.train.eval_mode == "async"
+    queue_only = cfg.train.eval_mode == "async" and cfg.train.eval_every > 0  # the trainer queues for us
     return watch(run_dir, CheckpointScorer(metrics, device, dataset_root, ema), poll_s,
                  stop_when=lambda: done.exists() or (stop_when is not None and stop_when()), log=log,
                  queue_only=queue_only, better=better, keep_best=queue_only or not cfg.train.eval_every)
