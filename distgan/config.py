@@ -18,6 +18,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LR_DECAYS = ("none", "linear", "cosine")
 G_ACTIVATIONS = ("leaky_relu", "relu")
 NORMS = ("batch", "none")
+EVAL_MODES = ("inline", "async")
 
 
 @dataclass
@@ -104,10 +105,25 @@ class TrainConfig:
     sample_every: int = 500  # steps between sample grids
     checkpoint_every: int = 500  # steps between checkpoints
     eval_every: int = 0  # steps between metric evaluations; 0 = off
+    eval_mode: str = "inline"  # inline: the loop evaluates | async: it only checkpoints, a separate evaluator scores
     keep_checkpoints: int = 3  # newest checkpoints kept (older ones deleted)
     num_sample_images: int = 64  # images in the sample grid
     skip_nonfinite: bool = False  # skip (and count) an update with a non-finite gradient instead of stopping
     keep_samples: int = 100  # newest sample PNGs kept in samples/ (TensorBoard keeps all); 0 = keep all
+
+
+@dataclass
+class MetricsConfig:
+    """What ``train.eval_every`` and ``launch/evaluate.py`` measure (docs/evaluation.md). Image datasets only:
+    the 2D mixtures always use the mode-collapse protocol."""
+
+    features: str = "classifier"  # inception (TF-Inception: paper-comparable FID/KID) | classifier (distgan's own)
+    num_samples: int | None = None  # generated samples; null = 50,000 (inception), 10,000 (classifier), 2,500 (2D)
+    num_real: int | None = None  # inception: reference images, evenly spread over the training set; null = all (_full)
+    inception_path: str | None = None  # a TF-Inception weights file (checked by sha256); null = found (see docs)
+    download: bool = False  # fetch NVIDIA's inception-2015-12-05.pt when no weights are found
+    batch_size: int = 64  # images per Inception forward (memory is bounded by this, not by num_samples)
+    kid_pr_samples: int = 10000  # inception: features kept per side for KID and precision/recall
 
 
 @dataclass
@@ -117,6 +133,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     resume: str = "auto"  # auto | never | PATH to a checkpoint
     run_dir: str = ""  # absolute; filled in by the launcher from hydra.run.dir
     experiment: str | None = None  # name of the experiment recipe, if any
@@ -141,8 +158,22 @@ def _check_train(t: TrainConfig) -> None:
     for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples"):
         if getattr(t, name) < 0:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
+    _one_of("train.eval_mode", t.eval_mode, EVAL_MODES)
     if not 0.0 <= t.lr_decay_start < 1.0:
         raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
+
+
+def check_metrics(m: MetricsConfig) -> None:
+    """The metrics settings (also ``launch/evaluate.py metrics.*``); the feature names are checked in
+    :func:`validate` against the FEATURES registry, which imports torch."""
+    for name in ("num_samples", "num_real"):
+        value = getattr(m, name)
+        if value is not None and value < 4:
+            raise UserError(f"metrics.{name} must be at least 4 (precision/recall use the 3rd nearest neighbour), "
+                            f"got {value!r}")
+    _positive("metrics.batch_size", m.batch_size)
+    if m.kid_pr_samples < 4:
+        raise UserError(f"metrics.kid_pr_samples must be at least 4, got {m.kid_pr_samples!r}")
 
 
 def _check_model_settings(m: ModelConfig) -> None:
@@ -163,6 +194,7 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
 
     _check_train(cfg.train)
     _check_model_settings(cfg.model)
+    check_metrics(cfg.metrics)
     if cfg.resume not in ("auto", "never") and not cfg.resume:
         raise UserError("resume must be auto, never or a checkpoint path")
     cluster = backend(cfg.cluster.name)
@@ -177,6 +209,9 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
     data.check(cfg)
     models.check(cfg)
     losses.spec(cfg.loss.name)
+    from distgan.metrics.features import FEATURES
+
+    _one_of("metrics.features", cfg.metrics.features, tuple(FEATURES))
     return cfg
 
 
@@ -192,6 +227,7 @@ def from_dict(d: dict) -> Config:
         dataset=DatasetConfig(**d.get("dataset", {})),
         loss=LossConfig(**d.get("loss", {})),
         train=TrainConfig(**d.get("train", {})),
+        metrics=MetricsConfig(**d.get("metrics", {})),  # older checkpoints have none: the defaults
         resume=d.get("resume", "auto"),
         run_dir=d.get("run_dir", ""),
         experiment=d.get("experiment"),

@@ -25,7 +25,7 @@ class Stream(IntEnum):
     ALPHA = 4  # WGAN-GP interpolation weights (counter: D step)
     Y_D = 5  # fake labels in a D step (counter: D step)
     Y_G = 6  # fake labels in a G step (counter: G step)
-    EVAL_Z = 7  # latents of evaluation and of launch/sample.py (counter: 0; sample i is row i)
+    EVAL_Z = 7  # latents of evaluation and of launch/sample.py (counter: the sample index i)
 
 
 def counter_generator(seed: int, stream: int, counter: int) -> torch.Generator:
@@ -54,9 +54,14 @@ def local_labels(seed: int, stream: int, counter: int, global_batch: int, num_cl
     return local_rows(y, rank, world).to(device, non_blocking=True)
 
 
-def eval_latents(n: int, latent_dim: int, seed: int, num_classes: int = 0):
-    """``n`` evaluation latents (and balanced labels ``i mod C`` for a conditional G) in global order; every
-    rank draws them all and generates its own share, so the samples do not depend on the world size."""
-    z = torch.randn(n, latent_dim, generator=counter_generator(seed, Stream.EVAL_Z, 0))
-    labels = torch.arange(n) % num_classes if num_classes else None
+def eval_latents(samples, latent_dim: int, seed: int, num_classes: int = 0):
+    """Evaluation latents (and balanced labels ``i mod C`` for a conditional G) of the samples ``samples``
+    (a count n, meaning 0..n-1, or a tensor of global indices). Sample i's latent comes from its own
+    generator (seed, ``Stream.EVAL_Z``, i), so it is the same whatever N, the world size, or which rank
+    draws it, and a rank draws only its own share. (One draw of all N rows would not do: torch's CPU
+    ``randn`` fills its last 16 values differently when n * latent_dim is not a multiple of 16.)"""
+    idx = torch.arange(samples) if isinstance(samples, int) else torch.as_tensor(samples).long().flatten()
+    rows = [torch.randn(latent_dim, generator=counter_generator(seed, Stream.EVAL_Z, int(i))) for i in idx]
+    z = torch.stack(rows) if rows else torch.zeros(0, latent_dim)
+    labels = idx % num_classes if num_classes else None
     return z, labels

@@ -5,7 +5,9 @@
     <run_dir>/config.yaml       the resolved config          train.log        progress lines and errors
     <run_dir>/metrics.jsonl     one JSON line per log tick   STOP             ask the loop to checkpoint and stop
     <run_dir>/tb/rank{r}, tb/global                          TensorBoard runs
-    <run_dir>/checkpoints/      step_XXXXXXX/, latest, best  (distgan/checkpoint.py)
+    <run_dir>/checkpoints/      step_XXXXXXX/, latest, best  (distgan/checkpoint.py); unscored/ (async evaluation)
+    <run_dir>/metrics/scores.jsonl  one JSON line per scored checkpoint (the async evaluator's record)
+    <run_dir>/tb/eval           the async evaluator's TensorBoard run   DONE   training reached train.steps
     <run_dir>/samples/          step_XXXXXXX.png
     <run_dir>/workers/          rank{r}.json: where each rank ran
     <run_dir>/slurm/            submitit logs, Ray logs, rendezvous files of SLURM jobs
@@ -25,6 +27,9 @@ class RunDir:
     LOG = "train.log"  # Hydra's job log (configs/config.yaml: hydra.job.name = train)
     METRICS = "metrics.jsonl"
     STOP = "STOP"
+    DONE = "DONE"  # rank 0 writes it when training reaches train.steps: an async evaluator may then finish
+    SCORES = "metrics/scores.jsonl"  # the async evaluator's scores (distgan/metrics/watch.py)
+    TB_EVAL = "tb/eval"  # the async evaluator's TensorBoard run (the trainer owns tb/global)
     TB = "tb"
     CHECKPOINTS = "checkpoints"
     SAMPLES = "samples"
@@ -45,6 +50,8 @@ class RunDir:
     log = property(lambda self: self.path / self.LOG)
     metrics = property(lambda self: self.path / self.METRICS)
     stop_file = property(lambda self: self.path / self.STOP)
+    done_file = property(lambda self: self.path / self.DONE)
+    scores = property(lambda self: self.path / self.SCORES)
     tb = property(lambda self: self.path / self.TB)
     checkpoints = property(lambda self: self.path / self.CHECKPOINTS)
     samples = property(lambda self: self.path / self.SAMPLES)

@@ -22,6 +22,7 @@ from distgan.config import Config, to_dict
 from distgan.data import ShardedSampler, batch_source, load
 from distgan.losses import build_loss
 from distgan.metrics import Evaluator
+from distgan.metrics.watch import enqueue
 from distgan.models import build_models
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
 from distgan.rng import Stream, counter_generator
@@ -86,6 +87,8 @@ def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
         run.batches.close()
         if run.writer is not None:
             run.writer.close()
+    if run.rank == 0 and run.step >= run.t.steps:  # an async evaluator may finish once it has scored the rest
+        run.run_dir.done_file.touch()
     run.hooks.end(run.G, run.D)
     return run.metrics
 
@@ -179,8 +182,11 @@ class Training:
             from distgan.tb import TBWriter
 
             self.writer = TBWriter(self.run_dir.tb, self.world, purge_step=self.step + 1 if self.step else None)
-        self.evaluator = Evaluator(cfg, self.device, seed=t.seed,
-                                   best=checkpoint.best_scores(self.run_dir.checkpoints)) if t.eval_every else None
+        # train.eval_mode=async: no evaluation here; evaluation ticks' checkpoints go to the async evaluator
+        self.evaluator = Evaluator(cfg, self.device, seed=t.seed, best=checkpoint.best_scores(self.run_dir.checkpoints),
+                                   data=self.data) if t.eval_every and t.eval_mode == "inline" else None
+        if self.rank == 0 and self.step < t.steps:
+            self.run_dir.done_file.unlink(missing_ok=True)  # a finished run continued (train.steps raised)
         # last: a streamed dataset starts its loader workers here (train_worker's finally stops them); a file
         # that fails to decode stops the run naming it and what a resume would start from
         sampler = ShardedSampler(len(self.data), t.batch_size, self.rank, self.world, t.seed)
@@ -215,7 +221,8 @@ class Training:
     def tick_due(self) -> bool:
         t, last = self.t, self.step == self.t.steps
         self.evaluate_now = t.eval_every > 0 and (self.step % t.eval_every == 0 or last)
-        self.checkpoint_now = self.step % t.checkpoint_every == 0 or last
+        self.checkpoint_now = (self.step % t.checkpoint_every == 0 or last
+                               or (self.evaluate_now and t.eval_mode == "async"))  # the evaluator scores it
         return self.step % t.log_every == 0 or last or self.evaluate_now or self.checkpoint_now
 
     def tick(self) -> bool:
@@ -240,7 +247,8 @@ class Training:
                    **{n: float(v) for n, v in zip(self.stat_names, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(self.stat_names, per_rank.mean(0))}}
         # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
-        scores = self.evaluator(self.G_ema if self.G_ema is not None else self.G) if self.evaluate_now else {}
+        scores = self.evaluator(self.G_ema if self.G_ema is not None else self.G) \
+            if self.evaluate_now and self.evaluator is not None else {}
         metrics.update({f"metrics/{k}": v for k, v in scores.items()})
         if ckpt and self.world > 1:  # never save weights the ranks disagree on
             diff = max(dist.max_param_difference(self.G), dist.max_param_difference(self.D))
@@ -305,7 +313,10 @@ class Training:
         state = self.state().to_dict()
         if best is not None:  # checkpoints/best, with its scores; retention never deletes it
             return checkpoint.save_best(self.run_dir.checkpoints, self.step, state, best)
-        return checkpoint.save(self.run_dir.checkpoints, self.step, state, keep=self.t.keep_checkpoints)
+        path = checkpoint.save(self.run_dir.checkpoints, self.step, state, keep=self.t.keep_checkpoints)
+        if self.evaluate_now and self.t.eval_mode == "async":
+            enqueue(path)  # checkpoints/unscored: retention cannot take it from the async evaluator
+        return path
 
     def write_samples(self) -> Path:
         net = self.G_ema if self.G_ema is not None else self.G

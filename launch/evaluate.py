@@ -1,5 +1,6 @@
-"""Score a checkpoint: ``python launch/evaluate.py checkpoint=PATH [num_samples=N] [--json]`` (the same as
-``distgan-evaluate``; see distgan/commands/evaluate.py)."""
+"""Score a checkpoint: ``python launch/evaluate.py checkpoint=PATH [metrics.features=inception] [--json]``;
+also ``samples=FILE.npy|DIR dataset=NAME``, ``reference_only=true``, ``watch=RUN_DIR`` (the same as
+``distgan-evaluate``; see distgan/commands/evaluate.py and docs/evaluation.md)."""
 
 from distgan.cli import run_main
 from distgan.commands.evaluate import main

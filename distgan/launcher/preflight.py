@@ -44,6 +44,7 @@ def _preflight(cfg: Config) -> Checked:
 
     cfg = replace(cfg, dataset=data.locate(cfg.dataset))  # a folder or zip: its index (no image decoded)
     _check_data_readable(cfg)
+    _check_metrics(cfg)
     run_dir = RunDir(cfg.run_dir)
     _check_writable(run_dir.path)
     note = _check_checkpoints(cfg, run_dir)
@@ -70,6 +71,20 @@ def _check_data_readable(cfg: Config) -> None:
                         f"({type(e).__name__}{': ' + str(e).splitlines()[0][:120] if str(e) else ''}); the files "
                         "look truncated or corrupt: delete them and copy them again") from None
     data.check_loaded(cfg, dataset)
+
+
+def _check_metrics(cfg: Config) -> None:
+    """The Inception weights, found and verified here when this run evaluates with them, so a missing file
+    is one line now and not a failed evaluation after hours of training. (An async run on SLURM is scored
+    by ``launch/evaluate.py watch=RUN_DIR`` elsewhere, which checks them itself.)"""
+    from distgan import data
+    from distgan.metrics.async_eval import check_weights
+
+    if not cfg.train.eval_every or data.spec(cfg.dataset.name).kind != "image":
+        return
+    if cfg.train.eval_mode == "async" and cfg.cluster.name != "local":
+        return
+    check_weights(cfg.metrics)
 
 
 def _check_writable(path: Path) -> None:

@@ -1,10 +1,12 @@
 """Metrics of a generator, computed across ranks without depending on the world size.
 
 Sample ``i`` of an evaluation always has the latent ``z[i]`` (and label ``i mod C``) drawn from
-(seed, global index) alone. Rank ``r`` of ``W`` generates the strided indices r, r+W, …, padded to equal
-length by wrapping around; the features are all-gathered, re-interleaved into global order, and the
-padding is dropped. So 1 worker and N workers score exactly the same samples. Rank 0 computes the
-numbers; the other ranks get an empty dict.
+(seed, global index) alone (:func:`distgan.rng.eval_latents`). For the 2D protocol and the classifier's
+features, rank ``r`` of ``W`` generates the strided indices r, r+W, …, padded to equal length by wrapping
+around; the features are all-gathered, re-interleaved into global order, and the padding is dropped.
+Inception (``metrics.features=inception``) streams instead: each rank accumulates statistics of its share
+and the ranks all-reduce once (distgan/metrics/standard.py). So 1 worker and N workers score exactly the
+same samples. Rank 0 computes the numbers; the other ranks get an empty dict.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from torch import nn
 from distgan import dist
 from distgan.config import Config
 from distgan.data import spec as dataset_spec
+from distgan.errors import UserError
 from distgan.metrics import mixture
 from distgan.metrics.classifier import ClassifierSettings
 from distgan.metrics.features import FEATURES
 from distgan.metrics.image import image_metrics
+from distgan.metrics.standard import NUM_SAMPLES as INCEPTION_SAMPLES
 from distgan.rng import eval_latents as latents
 
 IMAGE_SAMPLES = 10000
@@ -66,17 +70,46 @@ def is_mixture(cfg: Config) -> bool:
     return dataset_spec(cfg.dataset.name).kind == "points"
 
 
+def best_key(scores: dict) -> str | None:
+    """The number ``checkpoints/best`` is chosen by on images: the Inception FID (``fid50k_full``,
+    ``fid10k``, …) or the classifier's ``fd``."""
+    if "fd" in scores:
+        return "fd"
+    return next((k for k in scores if k.startswith("fid")), None)
+
+
+def better(new: dict, old: dict | None) -> bool:
+    """Do the scores ``new`` beat ``old``? More modes then lower reverse KL on the 2D mixtures, a lower
+    Fréchet distance on images. Scores of another kind than ``old`` (features changed over a resume) win."""
+    if "modes" in new:
+        return mixture.better(new, old) if old is None or "modes" in old else True
+    key = best_key(new)
+    if key is None or not math.isfinite(new[key]):
+        return False
+    return old is None or key not in old or new[key] < old[key]
+
+
 class Evaluator:
-    """``evaluator(G)`` on every rank -> metrics on rank 0 (``{}`` elsewhere); remembers the best."""
+    """``evaluator(G)`` on every rank -> metrics on rank 0 (``{}`` elsewhere); remembers the best.
+    ``features`` overrides ``cfg.metrics.features``; ``data`` is the training set when the caller already
+    holds it (else it is loaded when the reference statistics are first needed)."""
 
     def __init__(self, cfg: Config, device: torch.device, num_samples: int | None = None, seed: int = 0,
-                 settings: ClassifierSettings | None = None, best: dict | None = None, features: str = "classifier"):
-        self.cfg, self.device, self.seed = cfg, device, seed
+                 settings: ClassifierSettings | None = None, best: dict | None = None, features: str | None = None,
+                 data=None):
+        self.cfg, self.device, self.seed, self.data = cfg, device, seed, data
         self.mixture = is_mixture(cfg)
-        self.n = num_samples or (mixture.PROTOCOL_SAMPLES if self.mixture else IMAGE_SAMPLES)
+        name = features or cfg.metrics.features
+        if name not in FEATURES:
+            raise UserError(f"unknown metrics.features {name!r}; choose one of: {', '.join(FEATURES)}")
+        kind = FEATURES[name]
+        self.streamed = not self.mixture and getattr(kind, "streamed", False)
+        default = mixture.PROTOCOL_SAMPLES if self.mixture else INCEPTION_SAMPLES if self.streamed else IMAGE_SAMPLES
+        self.n = num_samples or cfg.metrics.num_samples or default
         self.conditional_classes = cfg.dataset.num_classes if cfg.model.conditional else 0
-        self.extractor = None if self.mixture else FEATURES[features](cfg.dataset, settings)
+        self.extractor = None if self.mixture else kind(cfg.dataset, cfg.metrics if self.streamed else settings)
         self.best = best  # scores of checkpoints/best, carried over a resume
+        self.meta: dict = {}  # of the last score (Inception: N, num_real, resize, extractor hash)
 
     @property
     def info(self) -> dict:
@@ -88,8 +121,8 @@ class Evaluator:
             self.extractor.prepare(self.device)
         net = eval_copy(G)
         idx = shard(self.n, dist.rank(), dist.world_size())
-        z, labels = latents(self.n, self.cfg.model.latent_dim, self.seed, self.conditional_classes)
-        x = generate(net, z[idx], None if labels is None else labels[idx], self.device)
+        z, labels = latents(idx, self.cfg.model.latent_dim, self.seed, self.conditional_classes)  # this rank's only
+        x = generate(net, z, labels, self.device)
         if self.extractor is not None:
             feats, pred = self.extractor(x)
             x = torch.cat([feats, pred.unsqueeze(1).float()], 1)
@@ -102,16 +135,18 @@ class Evaluator:
         return image_metrics(real_feats, real_pred, rows[:, :-1], rows[:, -1].long(), self.info["num_classes"])
 
     def __call__(self, G: nn.Module) -> dict[str, float]:
+        if self.streamed:  # Inception: statistics streamed on every rank, all-reduced once
+            self.extractor.prepare(self.device)
+            scores, self.meta = self.extractor.evaluate(eval_copy(G), self.n, self.seed, self.cfg.model.latent_dim,
+                                                        self.conditional_classes, self.device, self.data)
+            return scores
         rows = self.features(G)
+        self.meta = {"num_samples": self.n}
         return self.score(rows) if dist.rank() == 0 else {}
 
     def improved(self, scores: dict[str, float]) -> bool:
-        """True (and remembered) when ``scores`` beat the best so far: more modes then lower reverse KL
-        on the 2D mixtures, lower Fréchet distance on images."""
-        if self.mixture:
-            better = mixture.better(scores, self.best)
-        else:
-            better = self.best is None or scores["fd"] < self.best["fd"]
-        if better:
+        """True (and remembered) when ``scores`` beat the best so far (:func:`better`)."""
+        if better(scores, self.best):
             self.best = dict(scores)
-        return better
+            return True
+        return False

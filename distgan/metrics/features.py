@@ -4,6 +4,10 @@ the network whose feature space FD, KID and precision/recall are measured in.
 An extractor is built from the dataset's config, is made ready on every rank with :meth:`prepare` (which
 may use collectives), maps images in [-1, 1] to ``(features, predicted classes or None)`` and gives the
 real data's reference features. ``info`` is recorded with every score.
+
+Entries with ``streamed = True`` (``inception``: distgan/metrics/standard.py) are built from the dataset's
+config and the :class:`~distgan.config.MetricsConfig`, and score from statistics summed across ranks
+(``evaluate``) instead of gathered features.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.distributed as tdist
 from distgan import dist
 from distgan.config import DatasetConfig
 from distgan.metrics.classifier import Classifier, ClassifierSettings, load_classifier, predict, real_reference
+from distgan.metrics.standard import InceptionMetrics
 
 
 class FeatureExtractor(Protocol):
@@ -66,4 +71,4 @@ class ClassifierFeatures:
         return self._real
 
 
-FEATURES = {"classifier": ClassifierFeatures}
+FEATURES = {"classifier": ClassifierFeatures, "inception": InceptionMetrics}
