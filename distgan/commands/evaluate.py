@@ -33,7 +33,7 @@ class EvaluateArgs:
     watch: str | None = None  # RUN_DIR: score each new checkpoint as it appears (train.eval_mode=async), resumable
     dataset: str | None = None  # the reference dataset for samples= and reference_only (checkpoints know theirs)
     dataset_root: str | None = None  # where the real data is, if not where the run found it
-    image_size: int | None = None  # dataset.image_size of dataset= (the reference's resolution)
+    resolution: int | None = None  # dataset.resolution of dataset= (the reference's image size)
     seed: int = 0  # latents of sample i depend on (seed, i) only (watch= uses the run's train.seed)
     ema: bool = True
     device: str = "auto"  # auto: cuda if available, else cpu
@@ -83,7 +83,7 @@ def _inception_only(args: EvaluateArgs, what: str) -> None:
 
 
 def _dataset(args: EvaluateArgs):
-    """The reference dataset of samples= / reference_only: dataset=NAME (root, image_size) or a checkpoint's."""
+    """The reference dataset of samples= / reference_only: dataset=NAME (root, resolution) or a checkpoint's."""
     from distgan import data
     from distgan.config import DatasetConfig
 
@@ -91,7 +91,7 @@ def _dataset(args: EvaluateArgs):
         _, cfg, _ = cli.load_generator(args.checkpoint)
         ds = replace(cfg.dataset, root=args.dataset_root) if args.dataset_root else cfg.dataset
     elif args.dataset:
-        ds = DatasetConfig(name=args.dataset, root=args.dataset_root, image_size=args.image_size)
+        ds = DatasetConfig(name=args.dataset, root=args.dataset_root, resolution=args.resolution)
     else:
         raise UserError("name the reference: dataset=NAME (with dataset_root= if needed) or checkpoint=PATH")
     if data.spec(ds.name).kind != "image":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -36,23 +37,28 @@ def dataset_key(cfg: DatasetConfig) -> str:
     wherever they are stored)."""
     from distgan.data.memory import TORCHVISION_CLASSES
 
-    ident = {"dataset": cfg.name, "image_size": cfg.image_size}
+    ident = {"dataset": cfg.name, "resolution": cfg.resolution or cfg.image_size}
     if cfg.name not in TORCHVISION_CLASSES:
         ident["root"] = str(Path(cfg.root or "").expanduser().resolve())
     return f"{cfg.name}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
-def dataset_reader(data, n_real: int | None):
-    """(count, ``fn(indices) -> uint8 images``) of the reference images: ``n_real`` evenly spread items
-    of ``data`` (all of them when None), read through ``data.item(i)``."""
+def dataset_reader(data, n_real: int | None, batch_size: int, num_workers: int):
+    """(count, ``batches(rank, world)``) of the reference images: ``n_real`` evenly spread items of
+    ``data`` (all of them when None), this rank's strided share as (global indices, images) batches, read
+    through :func:`distgan.data.read_batches` (a folder or zip decodes in ``num_workers`` loader workers)."""
+    from distgan.data import read_batches
+
     if len(data.shape) != 3:
         raise UserError(f"Inception metrics need images; this dataset holds samples of shape {tuple(data.shape)}")
     which = sources.spread(len(data), n_real)
 
-    def read(idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack([data.item(int(j))[0] for j in which[idx]])
+    def batches(rank: int, world: int):
+        idx = sources.shard(len(which), rank, world)
+        for g, (x, _) in zip(idx.split(batch_size), read_batches(data, which[idx], batch_size, num_workers)):
+            yield g, x
 
-    return len(which), read
+    return len(which), batches
 
 
 class InceptionMetrics:
@@ -80,13 +86,16 @@ class InceptionMetrics:
             from distgan import data as datasets
 
             data = datasets.load(self.dataset)
-        n_real, read = dataset_reader(data, self.m.num_real)
+        from distgan.data.stream import default_loader_workers
+
+        workers = self.dataset.loader_workers
+        workers = default_loader_workers(os.cpu_count() or 1) if workers is None else workers
+        n_real, batches = dataset_reader(data, self.m.num_real, self.m.batch_size, workers)
         if n_real not in self._ref:
             meta = {**{k: self.info[k] for k in REFERENCE_META}, "resolution": int(data.shape[-1]),
                     "num_real": n_real, "training_set": len(data)}
-            self._ref[n_real] = E.reference(
-                lambda rank, world: sources.index_batches(read, n_real, self.m.batch_size, rank, world), meta,
-                self.net, DIM, dataset_key(self.dataset), self.m.kid_pr_samples, device, cache)
+            self._ref[n_real] = E.reference(batches, meta, self.net, DIM, dataset_key(self.dataset),
+                                            self.m.kid_pr_samples, device, cache)
         return self._ref[n_real]
 
     def evaluate(self, G: torch.nn.Module, num_samples: int, seed: int, latent_dim: int, num_classes: int,
