@@ -47,6 +47,9 @@ class ClusterConfig:
     signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
     wait: bool = False  # follow the job until it ends instead of returning after submission
     folder: str | None = None  # submitit log folder; null = <run_dir>/slurm
+    network_interface: str | None = None  # Ray/gloo/NCCL interface, e.g. ib0; null = the one routing to the head
+    node_failure_timeout_s: int = 120  # a lost node ends the attempt (requeue) within this many seconds
+    port_range: str | None = None  # "LO-HI": every port Ray listens on comes from here (firewalls); null = any
 
 
 @dataclass
@@ -188,6 +191,9 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
             raise UserError(f"cluster.gpus_per_node must be >= 0, got {c.gpus_per_node}")
         if c.max_requeues < 0:
             raise UserError(f"cluster.max_requeues must be >= 0, got {c.max_requeues}")
+        if c.node_failure_timeout_s < 10:
+            raise UserError(f"cluster.node_failure_timeout_s must be >= 10, got {c.node_failure_timeout_s}")
+        _check_port_range(c.port_range, c.nodes)
         time = c.additional_parameters.get("time")
         if time is not None and not _SLURM_TIME.match(str(time)):
             raise UserError(f"malformed SLURM time {time!r}; use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
@@ -197,6 +203,22 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
             f"train.batch_size={t.batch_size} does not divide over {workers} workers; "
             f"use a multiple of {workers}")
     return cfg
+
+
+_PORT_RANGE = re.compile(r"^(\d+)-(\d+)$")
+PORTS_PER_NODE = 32  # Ray's eight services and its worker processes (distgan/launcher/network.py)
+
+
+def _check_port_range(port_range: str | None, nodes: int) -> None:
+    if port_range is None:
+        return
+    m = _PORT_RANGE.match(str(port_range))
+    lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+    if not m or not 1024 <= lo <= hi <= 65535:
+        raise UserError(f"cluster.port_range must be LO-HI with 1024 <= LO <= HI <= 65535, got {port_range!r}")
+    if (hi - lo + 1) // nodes < PORTS_PER_NODE:
+        raise UserError(f"cluster.port_range={port_range} holds {hi - lo + 1} ports; {nodes} node(s) need at "
+                        f"least {PORTS_PER_NODE} each: use a range of {PORTS_PER_NODE * nodes} or more")
 
 
 def use_gpu(cfg: Config, cuda_devices: int) -> bool:
