@@ -31,6 +31,7 @@ from pathlib import Path
 
 import submitit
 
+import distgan
 from distgan.config import Config, workers_per_node
 from distgan.errors import UserError
 from distgan.launcher import network, recovery
@@ -41,7 +42,6 @@ from distgan.train import STOP_FILE
 log = logging.getLogger("distgan")
 RENDEZVOUS_TIMEOUT_S = 300
 REACH_TIMEOUT_S = 20  # a joiner's wait for the head's port: well inside the 60 s a wrong network may cost
-LOST_GRACE_S = 20  # after Ray declares a node dead: time for Ray Train to fail the worker group by itself
 
 
 @dataclass
@@ -105,6 +105,8 @@ class SlurmJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][task %(process)d] %(message)s")
         env = submitit.JobEnvironment()
+        log.info("task %d of job %s (restart %d) on %s, distgan from %s", env.global_rank, env.job_id,
+                 recovery.restart_count(), network.node_name(), Path(distgan.__file__).parent)
         (self.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
         secure_ray_env(self.run_dir)
         os.environ.update(recovery.ray_failure_env(self.cfg.cluster.node_failure_timeout_s))
@@ -227,16 +229,17 @@ class SlurmJob(submitit.helpers.Checkpointable):
         return next((info for node_id, info in nodes.items() if node_id not in alive), None)
 
     def _watch(self, ray, thread, nodes: dict[str, LostNode]) -> LostNode | None:
-        """Wait for training to end; a node Ray declares dead ends the wait after ``LOST_GRACE_S`` even if
-        Ray Train has not noticed (a collective blocked on the lost rank)."""
-        dead_since = None
+        """Wait for training to end. A node Ray declares dead (within half of ``node_failure_timeout_s``)
+        ends the wait once Ray Train has failed the worker group, or a quarter of the timeout later even
+        if it has not (a collective blocked on the lost rank)."""
+        grace, dead_since = self.cfg.cluster.node_failure_timeout_s / 4, None
         while thread.is_alive():
             thread.join(2.0)
             lost = self._first_dead(ray, nodes)
             if lost is None:
                 continue
             dead_since = dead_since or time.monotonic()
-            if not thread.is_alive() or time.monotonic() - dead_since > LOST_GRACE_S:
+            if not thread.is_alive() or time.monotonic() - dead_since > grace:
                 return lost
         return None
 
