@@ -32,6 +32,7 @@ from pathlib import Path
 import submitit
 
 import distgan
+from distgan import checkpoint
 from distgan.config import Config, workers_per_node
 from distgan.errors import UserError
 from distgan.launcher import network, recovery
@@ -41,13 +42,14 @@ from distgan.train import STOP_FILE
 
 log = logging.getLogger("distgan")
 RENDEZVOUS_TIMEOUT_S = 300
-REACH_TIMEOUT_S = 20  # a joiner's wait for the head's port: well inside the 60 s a wrong network may cost
+REACH_TIMEOUT_S = 15  # a joiner's wait for the head's port: well inside the 60 s a wrong network may cost
 
 
-@dataclass
-class LostNode:
-    name: str
+@dataclass(frozen=True)
+class RayNode:
+    name: str  # the SLURM node (ray start --node-name)
     address: str
+    port: int = 0  # its raylet's port: answers as long as the node's Ray lives
 
 
 def _as_ray_child() -> None:
@@ -146,8 +148,9 @@ class SlurmJob(submitit.helpers.Checkpointable):
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:
         """Stop this task's Ray processes: SIGTERM to its process group, then SIGKILL."""
-        # Ray drains for up to 30 s on SIGTERM; training is over and saved, so 5 s is plenty
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        # Ray drains for up to 30 s on SIGTERM (and `ray start --block` outlives it); training is over and
+        # saved, so 2 s is plenty
+        for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 5)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -168,7 +171,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         self._node_lost(env, lost)
         return "requeued"
 
-    def _run_head(self, env, me: Endpoint, ports: dict[str, int]) -> LostNode | None:
+    def _run_head(self, env, me: Endpoint, ports: dict[str, int]) -> RayNode | None:
         import ray
 
         from distgan.launcher.ray_train import fit, run_in_thread
@@ -187,12 +190,13 @@ class SlurmJob(submitit.helpers.Checkpointable):
             ray.init(address=f"{me.address}:{port}", _node_ip_address=me.address, logging_level=logging.ERROR,
                      log_to_driver=False)
             nodes = self._wait_for_nodes(ray, env.num_tasks)
-            log.info("Ray cluster of %d node(s) up at %s:%d (%s); training", env.num_tasks, me.address, port,
-                     me.interface)
+            found = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+            log.info("Ray cluster of %d node(s) up at %s:%d (%s); training from %s", env.num_tasks, me.address,
+                     port, me.interface, found[0].name if found else "scratch")
             thread, box = run_in_thread(fit, self.cfg, 0)
             lost = self._watch(ray, thread, nodes)
             if lost is None and box["error"] is not None:
-                lost = self._first_dead(ray, nodes)  # a node died, and training failed because of it
+                lost = self._first_dead(ray, nodes, me)  # a node died, and training failed because of it
                 if lost is None:
                     raise box["error"]
             return lost
@@ -203,13 +207,13 @@ class SlurmJob(submitit.helpers.Checkpointable):
             finally:
                 self._stop(head)
 
-    def _wait_for_nodes(self, ray, count: int) -> dict[str, LostNode]:
+    def _wait_for_nodes(self, ray, count: int) -> dict[str, RayNode]:
         """All ``count`` Ray nodes alive, as ``{node id: (SLURM node, address)}``; fails early (with the
         joiner's own line) when a joiner has recorded a failure."""
         deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
         while True:
-            alive = {n["NodeID"]: LostNode(n.get("NodeName") or n["NodeManagerHostname"], n["NodeManagerAddress"])
-                     for n in ray.nodes() if n["Alive"]}
+            alive = {n["NodeID"]: RayNode(n.get("NodeName") or n["NodeManagerHostname"], n["NodeManagerAddress"],
+                                          int(n["NodeManagerPort"])) for n in ray.nodes() if n["Alive"]}
             if len(alive) >= count:
                 return alive
             failure = self._failure()
@@ -221,14 +225,25 @@ class SlurmJob(submitit.helpers.Checkpointable):
             time.sleep(1)
 
     @staticmethod
-    def _first_dead(ray, nodes: dict[str, LostNode]) -> LostNode | None:
+    def _first_dead(ray, nodes: dict[str, RayNode], me: Endpoint | None = None) -> RayNode | None:
+        """A node Ray has declared dead; with ``me``, also one whose raylet no longer answers (Ray Train fails
+        the worker group within seconds of a lost worker, before the GCS's health checks declare its node
+        dead: this tells a lost node from a training error right away)."""
         try:
             alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         except Exception:  # noqa: BLE001 - the GCS itself is gone: nothing to name
             return None
-        return next((info for node_id, info in nodes.items() if node_id not in alive), None)
+        dead = next((info for node_id, info in nodes.items() if node_id not in alive), None)
+        if dead is not None or me is None:
+            return dead
+        for info in nodes.values():
+            try:
+                network.wait_reachable(info.address, info.port, me, 3, what=f"the Ray node on {info.name}")
+            except network.NetworkError:
+                return info
+        return None
 
-    def _watch(self, ray, thread, nodes: dict[str, LostNode]) -> LostNode | None:
+    def _watch(self, ray, thread, nodes: dict[str, RayNode]) -> RayNode | None:
         """Wait for training to end. A node Ray declares dead (within half of ``node_failure_timeout_s``)
         ends the wait once Ray Train has failed the worker group, or a quarter of the timeout later even
         if it has not (a collective blocked on the lost rank)."""
@@ -243,7 +258,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
                 return lost
         return None
 
-    def _node_lost(self, env, lost: LostNode) -> None:
+    def _node_lost(self, env, lost: RayNode) -> None:
         """Requeue within the budget, else fail with the line that names the node."""
         c = self.cfg.cluster
         requeue = recovery.budget_left(c.max_requeues)
@@ -288,7 +303,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         try:
             network.wait_reachable(head["ip"], head["port"], me, 10)
         except network.NetworkError:
-            self._node_lost(env, LostNode(head.get("node", "head"), head["ip"]))
+            self._node_lost(env, RayNode(head.get("node", "head"), head["ip"]))
         for _ in range(int(self.cfg.cluster.node_failure_timeout_s)):  # the head's requeue ends this task
             if self._marker("done").exists():
                 break
