@@ -43,7 +43,8 @@ def check_budget(max_requeues: int, run_dir: Path) -> None:
     count = restart_count()
     if count > max_requeues:
         raise RequeueBudgetError(
-            f"SLURM requeued this job {count} times, more than cluster.max_requeues={max_requeues}; the last "
+            f"SLURM has requeued this job {count} time{'s' if count != 1 else ''}, more than "
+            f"cluster.max_requeues={max_requeues}; the last "
             f"checkpoint in {run_dir / 'checkpoints'} is intact: submit again with the same hydra.run.dir to "
             "continue (or raise cluster.max_requeues)")
 
