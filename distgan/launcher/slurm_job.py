@@ -36,6 +36,7 @@ from distgan import checkpoint
 from distgan.config import Config, workers_per_node
 from distgan.errors import UserError
 from distgan.launcher import network, recovery
+from distgan.launcher.local import LOCAL_RAY_ENV, RAY_SYSTEM_CONFIG
 from distgan.launcher.network import Endpoint
 from distgan.launcher.ray_train import root_cause, secure_ray_env
 from distgan.train import STOP_FILE
@@ -112,6 +113,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         (self.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
         secure_ray_env(self.run_dir)
         os.environ.update(recovery.ray_failure_env(self.cfg.cluster.node_failure_timeout_s))
+        os.environ.update(LOCAL_RAY_ENV)  # SLURM drains no Ray node, and the metrics are off: two actors fewer
         try:
             recovery.check_budget(self.cfg.cluster.max_requeues, self.run_dir)
             if env.global_rank == 0:
@@ -179,7 +181,8 @@ class SlurmJob(submitit.helpers.Checkpointable):
         port = ports["--port"]
         temp_dir = f"/tmp/distgan-ray-{self._attempt()}"  # node-local and short: socket paths <= 107 bytes
         head = self._ray_start(["--head", "--node-ip-address", me.address, "--temp-dir", temp_dir,
-                                "--include-dashboard", "false"], "head", network.port_flags(ports))
+                                "--include-dashboard", "false", "--system-config", json.dumps(RAY_SYSTEM_CONFIG)],
+                               "head", network.port_flags(ports))
         self._marker("done").unlink(missing_ok=True)
         try:
             # published only once it answers on the chosen interface: joiners then know a failure is theirs
