@@ -141,3 +141,13 @@ def test_last_step_reads_the_progress_file(tmp_path):
     assert recovery.last_step(tmp_path) is None
     (tmp_path / "metrics.jsonl").write_text('{"step": 10}\n{"step": 20}\n')
     assert recovery.last_step(tmp_path) == 20
+
+
+@pytest.mark.parametrize("outcome, says", [("requeued", "the job is requeued (restart 1 of cluster.max_requeues=3)"),
+                                           ("spent", "not requeued (cluster.max_requeues=3 spent)"),
+                                           ("refused", "not requeued (scontrol requeue 7 failed")])
+def test_lost_node_line_names_the_node_and_what_happens(monkeypatch, tmp_path, outcome, says):
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    line = recovery.lost_node_message("n2", "198.18.0.12", "7", 140, outcome, 3, tmp_path)
+    assert line.startswith("node n2 (198.18.0.12) of SLURM job 7 was lost at step 140; ") and says in line
+    assert "\n" not in line and str(tmp_path / "checkpoints") in line

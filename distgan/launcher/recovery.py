@@ -119,15 +119,19 @@ def ray_failure_env(node_failure_timeout_s: float) -> dict[str, str]:
             "RAY_gcs_rpc_server_reconnect_timeout_s": str(max(budget_ms // 2000, 5))}
 
 
-def lost_node_message(node: str, address: str, job_id: str, step: int | None, requeued: bool,
-                      max_requeues: int, run_dir: Path) -> str:
+def lost_node_message(node: str, address: str, job_id: str, step: int | None, outcome: str, max_requeues: int,
+                      run_dir: Path) -> str:
+    """The line for a lost node; ``outcome``: ``requeued``, ``spent`` (no requeue left) or ``refused``
+    (``scontrol requeue`` failed, e.g. a job submitted without ``--requeue`` on a site with JobRequeue=0)."""
     at = f" at step {step}" if step is not None else ""
-    head = f"node {node} ({address}) of SLURM job {job_id} was lost{at}"
-    if requeued:
+    head, ckpt = f"node {node} ({address}) of SLURM job {job_id} was lost{at}", run_dir / "checkpoints"
+    if outcome == "requeued":
         return (f"{head}; the job is requeued (restart {restart_count() + 1} of cluster.max_requeues={max_requeues}) "
-                f"and resumes from the last checkpoint in {run_dir / 'checkpoints'}")
-    return (f"{head}; not requeued (cluster.max_requeues={max_requeues} spent): the last checkpoint in "
-            f"{run_dir / 'checkpoints'} is intact, submit again with the same hydra.run.dir to resume")
+                f"and resumes from the last checkpoint in {ckpt}")
+    why = (f"cluster.max_requeues={max_requeues} spent" if outcome == "spent" else
+           f"scontrol requeue {job_id} failed: is the job requeueable (sbatch --requeue)?")
+    return (f"{head}; not requeued ({why}): the last checkpoint in {ckpt} is intact, submit again with the same "
+            "hydra.run.dir to resume")
 
 
 def last_step(run_dir: Path) -> int | None:

@@ -264,15 +264,22 @@ class SlurmJob(submitit.helpers.Checkpointable):
     def _node_lost(self, env, lost: RayNode) -> None:
         """Requeue within the budget, else fail with the line that names the node."""
         c = self.cfg.cluster
-        requeue = recovery.budget_left(c.max_requeues)
-        message = recovery.lost_node_message(lost.name, lost.address, env.job_id, recovery.last_step(self.run_dir),
-                                             requeue, c.max_requeues, self.run_dir)
-        log.error("%s", message)
-        with open(self.run_dir / "train.log", "a") as f:
-            f.write(f"error: {message}\n")
-        if requeue and recovery.requeue(env.job_id, message):
-            sys.exit(-1)  # like submitit after its own requeue: SLURM now ends this attempt
-        raise UserError(message)
+
+        def say(outcome: str) -> str:
+            message = recovery.lost_node_message(lost.name, lost.address, env.job_id,
+                                                 recovery.last_step(self.run_dir), outcome, c.max_requeues,
+                                                 self.run_dir)
+            log.error("%s", message)
+            with open(self.run_dir / "train.log", "a") as f:
+                f.write(f"error: {message}\n")
+            return message
+
+        if recovery.budget_left(c.max_requeues):
+            # said first: once SLURM has the requeue it ends this task (SIGTERM) at any moment
+            if recovery.requeue(env.job_id, say("requeued")):
+                sys.exit(-1)  # like submitit after its own requeue
+            raise UserError(say("refused"))
+        raise UserError(say("spent"))
 
     # -------------------------------------------------------------------------------------- join
     def _wait_for_head(self) -> dict:
