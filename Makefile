@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := slurm-wlm munge dataset-fashion-mnist
+DEBIAN_PACKAGES := slurm-wlm munge iproute2 dataset-fashion-mnist
 PYTEST_ARGS ?=
 
 .PHONY: run test setup system venv slurm-up slurm-down lint bench clean

@@ -46,6 +46,9 @@ class ClusterConfig:
     signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
     wait: bool = False  # follow the job until it ends instead of returning after submission
     folder: str | None = None  # submitit log folder; null = <run_dir>/slurm
+    network_interface: str | None = None  # Ray/gloo/NCCL interface, e.g. ib0; null = the one routing to the head
+    node_failure_timeout_s: int = 120  # a lost node ends the attempt (requeue) within this many seconds
+    port_range: str | None = None  # "LO-HI": every port Ray listens on comes from here (firewalls); null = any
 
 
 @dataclass

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Tear down the local two-node SLURM test cluster started by local_cluster_up.sh.
+# Tear down the local SLURM test cluster started by local_cluster_up.sh.
 #
 #   sudo slurm/local_cluster_down.sh               # full teardown
 #   sudo slurm/local_cluster_down.sh --keep-munge  # (used by up when it restarts) keep munged
 #
-# - cancels the jobs still in the cluster, stops slurmd (n1, n2) and slurmctld (by pid file),
+# - cancels the jobs still in the cluster, stops every slurmd and slurmctld (by pid file),
 #   then kills job processes left behind (any process whose environment says
 #   SLURM_CLUSTER_NAME=distgan-test, e.g. steps of a node whose slurmd had died);
 # - stops munged only if local_cluster_up.sh started it (a munged that was already running,
 #   e.g. a system service, is left alone), and not with --keep-munge;
+# - removes the test network (slurm/local_cluster_net.sh): kills what still runs in a distgan-*
+#   network namespace, deletes the namespaces (and with them the bridge and the veth pairs) and
+#   dgh0 in the root namespace;
 # - removes the state (/var/spool/slurm-distgan, /run/slurm-distgan) so the next up is clean;
 # - removes the generated /etc/slurm/slurm.conf and restores the newest
-#   slurm.conf.distgan-backup.* if up had backed one up; removes the '127.0.0.1 n1 n2' line up
-#   added to /etc/hosts (neither with --keep-munge).
+#   slurm.conf.distgan-backup.* if up had backed one up; removes the node lines up added to
+#   /etc/hosts (neither with --keep-munge: up rewrites them).
 # Kept in /var/log/slurm-distgan: the logs (the next up renames them *.prev), jobcomp.txt and
 # next_job_id, from which the next up continues the job ids.
 # Idempotent: safe to run when nothing is up.
@@ -32,6 +35,9 @@ case ${1:-} in
 esac
 
 log() { echo "[local_cluster_down] $*" >&2; }
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=slurm/local_cluster_net.sh
+source "$HERE/local_cluster_net.sh"
 [[ $(id -u) -eq 0 ]] || { log "ERROR: must run as root"; exit 1; }
 export SLURM_CONF=$CONF
 
@@ -122,6 +128,12 @@ if [[ ${#victims[@]} -gt 0 ]]; then
     kill -KILL "${victims[@]}" 2>/dev/null || true
 fi
 
+# The test network last: what a dead slurmd left running inside a node namespace dies with it.
+if ip netns list 2>/dev/null | grep -q "^$NS_PREFIX" || ip link show "$HOST_IF" >/dev/null 2>&1; then
+    log "removing the test network (namespaces $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS_PREFIX" | tr '\n' ' '))"
+    net_down
+fi
+
 if [[ $KEEP -eq 0 && -f $RUNDIR/munged.started-by-distgan ]]; then
     stop_pidfile /run/munge/munged.pid munged
     rm -f "$RUNDIR/munged.started-by-distgan"
@@ -135,11 +147,7 @@ if [[ $KEEP -eq 1 ]]; then
     find "$RUNDIR" -mindepth 1 ! -name munged.started-by-distgan -delete 2>/dev/null || true
 else
     rm -rf "$RUNDIR"
-    if grep -q ' # distgan-local-cluster$' /etc/hosts 2>/dev/null; then
-        # rewrite in place (/etc/hosts may be a bind mount: no mv)
-        hosts=$(grep -v ' # distgan-local-cluster$' /etc/hosts)
-        printf '%s\n' "$hosts" >/etc/hosts
-    fi
+    hosts_clear
     if ours_conf; then
         rm -f "$CONF"
         bak=$(ls -1t "$CONF".distgan-backup.* 2>/dev/null | head -n 1 || true)

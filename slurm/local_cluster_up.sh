@@ -1,31 +1,42 @@
 #!/usr/bin/env bash
-# Bring up a REAL two-node SLURM test cluster (nodes n1 and n2) on this single host.
+# Bring up a REAL SLURM test cluster (nodes n1, n2, n3) on this single host.
 #
 #   sudo slurm/local_cluster_up.sh          # idempotent: does nothing if already up and healthy
 #   sudo slurm/local_cluster_up.sh --force  # restart it even if healthy (kills running jobs)
 #
-# Needs root and the Debian packages slurm-wlm (22.05) and munge.  What it does:
+# Needs root and the Debian packages slurm-wlm (22.05) and munge (and iproute2 for netns mode).
+# What it does:
 #   1. munge: creates /etc/munge/munge.key if missing (munge:munge 0400), makes /run/munge owned
 #      by munge and starts munged (as user munge) unless a working munged is already running.
-#   2. writes /etc/slurm/slurm.conf (the default path, so sbatch/squeue/scontrol spawned by
+#   2. the test network (slurm/local_cluster_net.sh): in netns mode (the default where the kernel
+#      allows it) each node gets its own network namespace, address (198.18.0.11, .12, .13) and
+#      hostname, joined by veth pairs to a bridge in namespace distgan-br; the root namespace
+#      (slurmctld, the submitting side, the tests) is 198.18.0.1 on dgh0.  Nothing is routed
+#      beyond that /24.  loopback mode (DISTGAN_SLURM_NETWORK=loopback, or no namespaces here):
+#      every node is 127.0.0.1.  The mode in force is written to /run/slurm-distgan/network.json.
+#   3. writes /etc/slurm/slurm.conf (the default path, so sbatch/squeue/scontrol spawned by
 #      submitit find it without SLURM_CONF); a pre-existing non-distgan slurm.conf is backed up
 #      to slurm.conf.distgan-backup.<timestamp> first (local_cluster_down.sh restores it).
-#   3. adds '127.0.0.1 n1 n2' to /etc/hosts if the node names do not resolve (as on a real
-#      cluster, `scontrol show hostnames` output must be usable as host names);
-#   4. starts slurmctld and one `slurmd -N nX` per fake node, and waits until sinfo shows both
-#      nodes idle (resuming them if they come up down/drained).
-# If the cluster is up but unhealthy (a daemon died, a node is down, the config changed) it is
-# torn down with local_cluster_down.sh --keep-munge and started afresh.
+#   4. maps the node names in /etc/hosts to their addresses (as on a real cluster,
+#      `scontrol show hostnames` output must be usable as host names);
+#   5. starts slurmctld and one `slurmd -N nX` per fake node (in netns mode inside the node's
+#      namespace), and waits until sinfo shows every node idle (resuming them if they come up
+#      down/drained).
+# If the cluster is up but unhealthy (a daemon died, a node is down, the config or the network
+# changed) it is torn down with local_cluster_down.sh --keep-munge and started afresh.
 # State lives in /var/spool/slurm-distgan, logs in /var/log/slurm-distgan, pids in
 # /run/slurm-distgan.  There is no slurmdbd, so sacct fails: distgan reads job states with squeue
 # and scontrol instead (see slurm/README.md).
 #
 # Environment overrides (all optional):
+#   DISTGAN_SLURM_NETWORK       auto | netns | loopback                    [auto]
+#   DISTGAN_SLURM_SUBNET        first three octets of the test /24         [198.18.0]
+#   DISTGAN_SLURM_NODES         number of fake nodes (n1 … nN)             [3]
 #   DISTGAN_SLURM_CONF          config path (clients then need SLURM_CONF) [/etc/slurm/slurm.conf]
 #   DISTGAN_SLURM_CPUS          CPUs per fake node                         [2]
 #   DISTGAN_SLURM_MEM_MB        RealMemory per fake node                   [4096]
 #   DISTGAN_SLURMCTLD_PORT      slurmctld port                             [16817]
-#   DISTGAN_SLURMD_PORT_BASE    slurmd port of n1 (n2 gets +1)             [17001]
+#   DISTGAN_SLURMD_PORT_BASE    slurmd port of n1 (n2 gets +1, …)          [17001]
 #   DISTGAN_SLURM_CRED_EXPIRE_S AuthInfo=cred_expire = requeue delay       [10]
 #   DISTGAN_SLURM_TIMEOUT_S     how long to wait for the nodes             [60]
 set -euo pipefail
@@ -38,7 +49,10 @@ CTLD_PORT=${DISTGAN_SLURMCTLD_PORT:-16817}
 PORT_BASE=${DISTGAN_SLURMD_PORT_BASE:-17001}
 CRED_EXPIRE_S=${DISTGAN_SLURM_CRED_EXPIRE_S:-10}
 WAIT_S=${DISTGAN_SLURM_TIMEOUT_S:-60}
-NODES=(n1 n2)
+NODE_COUNT=${DISTGAN_SLURM_NODES:-3}
+[[ $NODE_COUNT =~ ^[1-9][0-9]?$ ]] || { echo "DISTGAN_SLURM_NODES must be 1..99" >&2; exit 2; }
+NODES=()
+for ((i = 1; i <= NODE_COUNT; i++)); do NODES+=("n$i"); done
 
 SPOOL=/var/spool/slurm-distgan
 LOGDIR=/var/log/slurm-distgan
@@ -67,9 +81,20 @@ for b in munged munge unmunge slurmctld slurmd sinfo scontrol runuser; do
     command -v "$b" >/dev/null || die "'$b' not found: apt-get install slurm-wlm munge"
 done
 [[ -x $HERE/local_cluster_down.sh ]] || die "$HERE/local_cluster_down.sh missing or not executable"
+# shellcheck source=slurm/local_cluster_net.sh
+source "$HERE/local_cluster_net.sh"
+NET_MODE=$(choose_net_mode) || case $NET_MODE_WANTED in
+    netns) die "DISTGAN_SLURM_NETWORK=netns, but this machine cannot create network namespaces, veth pairs and bridges (needs root, CAP_NET_ADMIN and iproute2); use DISTGAN_SLURM_NETWORK=loopback" ;;
+    *) die "DISTGAN_SLURM_NETWORK must be auto, netns or loopback (got '$NET_MODE_WANTED')" ;;
+esac
+[[ $NET_MODE_WANTED == auto && $NET_MODE == loopback ]] &&
+    log "no network namespaces on this machine: every node is 127.0.0.1 (loopback mode)"
 export SLURM_CONF=$CONF   # for our own client calls; the file is at the default path anyway
 
 HOST=$(hostname -s)
+# netns mode: the nodes reach slurmctld at the root namespace's test address (the name $HOST resolves
+# to 127.0.0.1, which inside a node namespace is the node's own loopback).
+if [[ $NET_MODE == netns ]]; then CTLD_HOST="$HOST($HOST_ADDR)"; else CTLD_HOST=$HOST; fi
 # Daemons and clients resolve SlurmctldHost / NodeHostname: it must resolve (here: /etc/hosts).
 getent hosts "$HOST" >/dev/null ||
     die "hostname '$HOST' does not resolve; add '127.0.0.1 $HOST' to /etc/hosts"
@@ -115,12 +140,24 @@ setup_munge() {
 }
 
 # ----------------------------------------------------------------------------- slurm.conf --
+node_lines() {
+    local i
+    for i in "${!NODES[@]}"; do
+        if [[ $NET_MODE == netns ]]; then
+            echo "NodeName=${NODES[$i]} NodeHostname=${NODES[$i]} NodeAddr=$(node_addr "$i") Port=$((PORT_BASE + i)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
+        else
+            echo "NodeName=${NODES[$i]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT_BASE + i)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
+        fi
+    done
+}
+
 render_conf() {
     cat <<EOF
 $MARKER
-# Two fake nodes (n1, n2) on host $HOST; both slurmd run here, each on its own port.
+# ${#NODES[@]} fake nodes (${NODES[*]}) on host $HOST, network mode $NET_MODE; every slurmd runs
+# here, each on its own port (netns mode: each in its own network namespace and address).
 ClusterName=distgan-test
-SlurmctldHost=$HOST
+SlurmctldHost=$CTLD_HOST
 SlurmctldPort=$CTLD_PORT
 SlurmUser=root
 SlurmdUser=root
@@ -132,7 +169,9 @@ AuthInfo=cred_expire=$CRED_EXPIRE_S
 MpiDefault=none
 SwitchType=switch/none
 MailProg=/bin/true
-ReturnToService=2
+# A node set DOWN by an admin (or a test) stays down until 'scontrol update ... state=resume'; one
+# that only stopped responding returns when its slurmd registers again.
+ReturnToService=1
 
 StateSaveLocation=$SPOOL/ctld
 SlurmdSpoolDir=$SPOOL/slurmd-%n
@@ -176,9 +215,8 @@ BatchStartTimeout=10
 CompleteWait=0
 UnkillableStepTimeout=30
 
-NodeName=${NODES[0]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$PORT_BASE CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-NodeName=${NODES[1]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT_BASE + 1)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=debug Nodes=${NODES[0]},${NODES[1]} Default=YES MaxTime=INFINITE State=UP
+$(node_lines)
+PartitionName=debug Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
@@ -186,7 +224,17 @@ EOF
 daemons_alive() {
     pidfile_alive "$RUNDIR/slurmctld.pid" || return 1
     local n
-    for n in "${NODES[@]}"; do pidfile_alive "$RUNDIR/slurmd-$n.pid" || return 1; done
+    for n in "${NODES[@]}"; do
+        pidfile_alive "$RUNDIR/slurmd-$n.pid" || return 1
+        if [[ $NET_MODE == netns ]]; then  # and in its own namespace
+            [[ $(ip netns identify "$(cat "$RUNDIR/slurmd-$n.pid")" 2>/dev/null) == "$(node_ns "$n")" ]] || return 1
+        fi
+    done
+}
+
+network_ready() {
+    [[ -f $RUNDIR/network.json ]] && grep -q "\"mode\": \"$NET_MODE\"" "$RUNDIR/network.json" || return 1
+    [[ $NET_MODE == loopback ]] || net_ok "${NODES[@]}"
 }
 
 node_states() { timeout 10 sinfo -h -N -p debug -o '%N %T' 2>/dev/null | sort -u || true; }
@@ -216,24 +264,11 @@ next_job_id() {
     echo "$best"
 }
 
-# Node names resolve on a real cluster (code may do `scontrol show hostnames` and connect to
-# the first one): map the fake names to 127.0.0.1.  local_cluster_down.sh removes the line.
-HOSTS_TAG="# distgan-local-cluster"
-setup_etc_hosts() {
-    local n missing=()
-    for n in "${NODES[@]}"; do getent hosts "$n" >/dev/null || missing+=("$n"); done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    log "adding '127.0.0.1 ${missing[*]}' to /etc/hosts"
-    # append in place (/etc/hosts may be a bind mount: no mv)
-    printf '127.0.0.1 %s %s\n' "${missing[*]}" "$HOSTS_TAG" >>/etc/hosts
-}
-
 # ---------------------------------------------------------------------------------- main --
 setup_munge
-setup_etc_hosts
 
-if [[ $FORCE -eq 0 ]] && same_conf && daemons_alive && nodes_ready; then
-    log "already up and healthy:"
+if [[ $FORCE -eq 0 ]] && same_conf && network_ready && daemons_alive && nodes_ready; then
+    log "already up and healthy (network: $NET_MODE):"
     sinfo -N -p debug >&2
     exit 0
 fi
@@ -255,7 +290,7 @@ if compgen -G "$RUNDIR/slurm*.pid" >/dev/null || [[ -d $SPOOL ]]; then
     log "restarting: tearing down the previous instance first"
     "$HERE/local_cluster_down.sh" --keep-munge || die "local_cluster_down.sh failed"
 fi
-log "starting the distgan test cluster"
+log "starting the distgan test cluster (network: $NET_MODE)"
 
 mkdir -p "$SPOOL/ctld" "$LOGDIR" "$RUNDIR" "$(dirname "$CONF")"
 for n in "${NODES[@]}"; do mkdir -p "$SPOOL/slurmd-$n"; done
@@ -272,9 +307,18 @@ render_conf >"$CONF.tmp.$$"
 chmod 0644 "$CONF.tmp.$$"
 mv -f "$CONF.tmp.$$" "$CONF"
 
+# Node names resolve on a real cluster (code may do `scontrol show hostnames` and connect to the
+# first one): map them to the node addresses.  local_cluster_down.sh removes the lines.
+hosts_set "$NET_MODE" "${NODES[@]}" || die "cannot map the node names in /etc/hosts"
+if [[ $NET_MODE == netns ]]; then
+    log "building the test network: ${NODES[*]} at $(node_addr 0).. in namespaces $(node_ns "${NODES[0]}").., host $HOST_ADDR on $HOST_IF"
+    net_up "${NODES[@]}" || die "could not build the test network (see above); DISTGAN_SLURM_NETWORK=loopback avoids it"
+fi
+net_describe "$NET_MODE" "${NODES[@]}" >"$RUNDIR/network.json"
+
 # A busy port makes a daemon die with a terse log line: say so clearly instead.
 if command -v ss >/dev/null; then
-    for p in "$CTLD_PORT" "$PORT_BASE" "$((PORT_BASE + 1))"; do
+    for p in "$CTLD_PORT" $(seq "$PORT_BASE" $((PORT_BASE + ${#NODES[@]} - 1))); do
         if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
             die "TCP port $p is already in use (set DISTGAN_SLURMCTLD_PORT / DISTGAN_SLURMD_PORT_BASE)"
         fi
@@ -288,7 +332,14 @@ timeout 5 scontrol ping 2>/dev/null | grep -q UP || die "slurmctld does not answ
 
 for i in "${!NODES[@]}"; do
     log "starting slurmd -N ${NODES[$i]} (port $((PORT_BASE + i)))"
-    slurmd -f "$CONF" -N "${NODES[$i]}" || die "slurmd -N ${NODES[$i]} failed to start"
+    if [[ $NET_MODE == netns ]]; then
+        # its own network namespace and hostname: slurmd, its steps and every process they start
+        nsenter --net="/run/netns/$(node_ns "${NODES[$i]}")" unshare --uts -- \
+            sh -c 'hostname "$1" && exec slurmd -f "$2" -N "$1"' sh "${NODES[$i]}" "$CONF" ||
+            die "slurmd -N ${NODES[$i]} failed to start in namespace $(node_ns "${NODES[$i]}")"
+    else
+        slurmd -f "$CONF" -N "${NODES[$i]}" || die "slurmd -N ${NODES[$i]} failed to start"
+    fi
 done
 
 deadline=$((SECONDS + WAIT_S))
@@ -310,5 +361,5 @@ until nodes_ready; do
     sleep 0.5
 done
 
-log "cluster up after ${SECONDS}s:"
+log "cluster up after ${SECONDS}s (network: $NET_MODE):"
 sinfo -N -p debug >&2

@@ -11,6 +11,19 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def pytest_report_header(config):
+    """Which network the local SLURM test cluster runs (slurm/local_cluster_net.sh writes it)."""
+    import json
+    from pathlib import Path
+
+    try:
+        net = json.loads(Path("/run/slurm-distgan/network.json").read_text())
+    except (OSError, ValueError):
+        return "slurm test cluster: not up"
+    nodes = ", ".join(f"{n} {v['address']}" for n, v in net["nodes"].items())
+    return f"slurm test cluster: network mode {net['mode']} ({nodes})"
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

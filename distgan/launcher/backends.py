@@ -71,9 +71,28 @@ def _slurm_check(cfg: Config, cuda_devices: int) -> None:
     for name in ("gpus_per_node", "max_requeues"):
         if getattr(c, name) < 0:
             raise UserError(f"cluster.{name} must be >= 0, got {getattr(c, name)}")
+    if c.node_failure_timeout_s < 10:
+        raise UserError(f"cluster.node_failure_timeout_s must be >= 10, got {c.node_failure_timeout_s}")
+    _check_port_range(c.port_range, c.nodes)
     time = c.additional_parameters.get("time")
     if time is not None and not _SLURM_TIME.match(str(time)):
         raise UserError(f"malformed SLURM time {time!r}; use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
+
+
+_PORT_RANGE = re.compile(r"^(\d+)-(\d+)$")
+PORTS_PER_NODE = 32  # Ray's eight services and its worker processes (distgan/launcher/network.py)
+
+
+def _check_port_range(port_range: str | None, nodes: int) -> None:
+    if port_range is None:
+        return
+    m = _PORT_RANGE.match(str(port_range))
+    lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+    if not m or not 1024 <= lo <= hi <= 65535:
+        raise UserError(f"cluster.port_range must be LO-HI with 1024 <= LO <= HI <= 65535, got {port_range!r}")
+    if (hi - lo + 1) // nodes < PORTS_PER_NODE:
+        raise UserError(f"cluster.port_range={port_range} holds {hi - lo + 1} ports; {nodes} node(s) need at "
+                        f"least {PORTS_PER_NODE} each: use a range of {PORTS_PER_NODE * nodes} or more")
 
 
 def _slurm_check_environment(cfg: Config) -> None:

@@ -73,14 +73,23 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 
 def _record_placement(run_dir: Path, rank: int) -> None:
-    """``<run_dir>/workers/rank{r}.json``: where each rank runs (host, SLURM node, pid), for users and tests."""
+    """``<run_dir>/workers/rank{r}.json``: where each rank runs (host, SLURM node, pid, Ray node address) and
+    the addresses its gloo connections really use (``gloo_local``: this rank's, ``gloo_peers``: the other
+    ranks'), for users and tests. A collective (the gloo probe): every rank calls it."""
     import json
     import socket
 
+    import ray
+
+    from distgan.launcher import network
+
+    info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_node": os.environ.get("SLURMD_NODENAME"), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+            "node_ip": ray.util.get_node_ip_address(), "gloo_interface": os.environ.get("GLOO_SOCKET_IFNAME"),
+            **network.gloo_endpoints()}
     folder = RunDir(run_dir).workers
     folder.mkdir(exist_ok=True)
-    info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
-            "slurm_node": os.environ.get("SLURMD_NODENAME"), "slurm_job": os.environ.get("SLURM_JOB_ID")}
     (folder / f"rank{rank}.json").write_text(json.dumps(info))
 
 

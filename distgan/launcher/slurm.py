@@ -16,6 +16,7 @@ from pathlib import Path
 
 from distgan.config import Config
 from distgan.errors import UserError
+from distgan.launcher import recovery
 from distgan.launcher.progress import follow, summary
 from distgan.launcher.ray_train import secure_ray_env
 from distgan.rundir import RunDir
@@ -49,7 +50,9 @@ def executor_parameters(cfg: Config) -> dict:
         "timeout_min": c.timeout_min,
         "slurm_signal_delay_s": c.signal_delay_s,
         "slurm_setup": list(c.setup),
-        "slurm_additional_parameters": dict(c.additional_parameters),
+        # requeueable whatever the site's JobRequeue default: SLURM then requeues the job itself when one of
+        # its nodes fails (slurm/README.md, "A node that dies")
+        "slurm_additional_parameters": {"requeue": True, **dict(c.additional_parameters)},
         "stderr_to_stdout": True,
     }
     if c.gpus_per_node:
@@ -75,6 +78,25 @@ def job_state(job_id: str) -> str:
             if field.startswith("JobState="):
                 return field.split("=", 1)[1]
     return "UNKNOWN"
+
+
+def job_restarts(job_id: str) -> int:
+    """SLURM's restart count of the job (what ``cluster.max_requeues`` is checked against)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id, "-o"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    field = next((f for f in out.split() if f.startswith("Restarts=")), "Restarts=0")
+    return int(field.split("=", 1)[1] or 0)
+
+
+def failure_line(run_dir: Path, job_id: str, final: str, log_file: Path) -> str:
+    """Why the job ended ``final``: the first failing task's own line if one was recorded."""
+    record = recovery.read_failure(run_dir, job_id, job_restarts(job_id)) or recovery.read_failure(run_dir, job_id)
+    if record is None:
+        return f"SLURM job {job_id} ended {final}; see {log_file}"
+    return f"SLURM job {job_id} ended {final}: {record['message']} (log: {log_file})"
 
 
 def launch(cfg: Config) -> str:
@@ -104,18 +126,23 @@ def launch(cfg: Config) -> str:
     if not cfg.cluster.wait:
         return info
     print(info, flush=True)
-    state = {"value": "PENDING", "checked": 0.0}
+    state = {"value": "PENDING", "checked": 0.0, "restarts": 0}
 
     def current() -> str:
         if time.monotonic() - state["checked"] > 5:
             state["value"], state["checked"] = job_state(str(job.job_id)), time.monotonic()
+            if state["value"] in ("PENDING", "REQUEUED", "COMPLETING") or state["restarts"]:
+                state["restarts"] = job_restarts(str(job.job_id))
         return state["value"]
 
-    last = follow(run_dir.path, cfg.train.steps, done=lambda: current() in TERMINAL,
-                  status=lambda: f"job {job.job_id} {current().lower()}", poll_s=2.0)
+    def status() -> str:
+        requeued = f", requeued {state['restarts']}x" if state["restarts"] else ""
+        return f"job {job.job_id} {current().lower()}{requeued}"
+
+    last = follow(run_dir.path, cfg.train.steps, done=lambda: current() in TERMINAL, status=status, poll_s=2.0)
     final = current()
     if final != "COMPLETED":
-        raise UserError(f"SLURM job {job.job_id} ended {final}; see {folder}/{job.job_id}_0_log.out")
+        raise UserError(failure_line(run_dir.path, str(job.job_id), final, folder / f"{job.job_id}_0_log.out"))
     return summary(run_dir.path, last)
 
 
