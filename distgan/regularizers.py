@@ -18,6 +18,11 @@ from distgan.step import input_gradient_sq
 _NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32; fp32 and fp64 stay."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def path_length_noise(shape: tuple[int, int, int], seed: int, stream: int, counter: int, first: int, n: int,
                       device="cpu") -> torch.Tensor:
     """The random image-space direction y ~ N(0, I) / sqrt(H W) for samples ``first .. first + n - 1``."""
@@ -48,8 +53,8 @@ class PathLengthPenalty:
         """``img`` = G.synthesis(ws, ...) (with ws in the graph), ``noise`` from :func:`path_length_noise`.
         The loss holds ``img * 0`` so that every G parameter (e.g. the last toRGB bias, which does not move
         J_w) is in the graph and every DDP bucket fires."""
-        (grad,) = torch.autograd.grad((img.float() * noise).sum(), ws, create_graph=True)
-        lengths = grad.float().square().sum(2).mean(1).sqrt()
+        (grad,) = torch.autograd.grad((_wide(img) * noise).sum(), ws, create_graph=True)
+        lengths = _wide(grad).square().sum(2).mean(1).sqrt()
         stats = torch.stack([lengths.detach().double().sum(),
                              torch.tensor(float(lengths.shape[0]), dtype=torch.float64, device=lengths.device)])
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -58,7 +63,7 @@ class PathLengthPenalty:
         self.pl_mean = self.pl_mean + self.decay * (stats[0] / stats[1] - self.pl_mean)
         self.last_lengths = lengths.detach()
         penalty = (lengths - self.pl_mean.to(lengths.dtype)).square().mean()
-        return penalty * self.weight + img.float().sum() * 0
+        return penalty * self.weight + _wide(img).sum() * 0
 
     def state_dict(self) -> dict:
         return {"pl_mean": float(self.pl_mean)}

@@ -16,13 +16,13 @@ import torch
 
 from distgan.augment.ada import ADASpec, ada_augment
 from distgan.augment.adaptive import AdaptiveP
-from distgan.augment.diffaugment import diffaugment
+from distgan.augment.diffaugment import diffaugment as _diffaugment  # keeps the name for the submodule
 
 
 def no_augment(x: torch.Tensor, p: float, seed: int, stream: int, counter: int, first_index: int) -> torch.Tensor:
     return x
 
 
-AUGMENTS = {"none": no_augment, "ada": ada_augment, "diffaugment": diffaugment}
+AUGMENTS = {"none": no_augment, "ada": ada_augment, "diffaugment": _diffaugment}
 
-__all__ = ["AUGMENTS", "ADASpec", "AdaptiveP", "ada_augment", "diffaugment", "no_augment"]
+__all__ = ["AUGMENTS", "ADASpec", "AdaptiveP", "ada_augment", "no_augment"]
