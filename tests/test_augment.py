@@ -77,8 +77,12 @@ def test_scaling_rotation_and_fractional_translation_matrices():
     d = quiet_draws(prerot_on=0.0, prerot=0.75)  # theta = 0.5 pi; fires when u < 1 - sqrt(1 - p)
     G = ada.geometric_matrices(d, 1.0, 8, 8)[0]
     assert torch.allclose(G[:2, :2], torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64), atol=1e-12)
-    d = quiet_draws(postrot_on=0.1, postrot=0.75)
-    assert torch.equal(ada.geometric_matrices(d, 0.1, 8, 8)[0], torch.eye(3, dtype=torch.float64))  # 0.1 > 0.0513
+    # each rotation fires with probability 1 - sqrt(1 - p), so that one of the two fires with probability p:
+    # 0.2929 at p = 0.5
+    assert torch.equal(ada.geometric_matrices(quiet_draws(postrot_on=0.30, postrot=0.75), 0.5, 8, 8)[0],
+                       torch.eye(3, dtype=torch.float64))
+    fired = ada.geometric_matrices(quiet_draws(postrot_on=0.29, postrot=0.75), 0.5, 8, 8)[0]
+    assert torch.allclose(fired[:2, :2], torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64), atol=1e-12)
     d = quiet_draws(xfrac_on=0.0, xfrac_x=1.0, xfrac_y=-2.0)  # t = (0.125, -0.25) of 8 px
     G = ada.geometric_matrices(d, 1.0, 8, 8)[0]
     assert torch.allclose(G[:2, 2], torch.tensor([-1.0, 2.0], dtype=torch.float64))

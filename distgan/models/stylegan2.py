@@ -85,7 +85,7 @@ class MappingNetwork(nn.Module):
         if self.num_ws is None:
             return w
         ws = w[:, None].expand(-1, self.num_ws, -1)
-        if truncation_psi != 1:  # psi = 1 leaves w untouched (w_avg + (w - w_avg) is not w in floats)
+        if truncation_psi != 1:  # psi = 1: w itself, nothing to compute
             cut = self.num_ws if truncation_cutoff is None else truncation_cutoff
             layers = (torch.arange(self.num_ws, device=w.device) < cut)[None, :, None]
             ws = torch.where(layers, self.w_avg.to(ws.dtype).lerp(ws, truncation_psi), ws)
