@@ -55,8 +55,8 @@ class PathLengthPenalty:
         J_w) is in the graph and every DDP bucket fires."""
         (grad,) = torch.autograd.grad((_wide(img) * noise).sum(), ws, create_graph=True)
         lengths = _wide(grad).square().sum(2).mean(1).sqrt()
-        stats = torch.stack([lengths.detach().double().sum(),
-                             torch.tensor(float(lengths.shape[0]), dtype=torch.float64, device=lengths.device)])
+        count = lengths.new_full((), lengths.shape[0], dtype=torch.float64)
+        stats = torch.stack([lengths.detach().double().sum(), count])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
         self.pl_mean = self.pl_mean.to(stats.device)

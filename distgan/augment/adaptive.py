@@ -22,26 +22,25 @@ class AdaptiveP:
                  device="cpu"):
         self.target, self.interval, self.kimg = target, interval, kimg
         self.p, self.rt = float(p), math.nan
-        self._stats = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of signs, count]
+        self._signs = torch.zeros((), dtype=torch.float64, device=device)  # sum of signs, on the logits' device
+        self._count = 0  # reals observed, known on the host
 
     def observe(self, real_logits: torch.Tensor) -> None:
         """Accumulate sign(D(x_real)) of one (micro-)batch; no host sync."""
         logits = real_logits.detach().flatten()
-        if self._stats.device != logits.device:
-            self._stats = self._stats.to(logits.device)
-        self._stats += torch.stack([logits.sign().sum().double(),
-                                    torch.tensor(float(logits.numel()), dtype=torch.float64, device=logits.device)])
+        self._signs = self._signs.to(logits.device) + logits.sign().sum().double()
+        self._count += logits.numel()
 
     def step(self, counter: int) -> bool:
         """Call after D step ``counter`` (0-based) on every rank; updates p after every ``interval``-th step
         (one all-reduce and one host sync then). Returns whether p was updated."""
         if (counter + 1) % self.interval:
             return False
-        stats = self._stats.clone()
+        stats = torch.stack([self._signs, self._signs.new_full((), self._count)])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
         total, count = stats.tolist()
-        self._stats.zero_()
+        self._signs, self._count = torch.zeros_like(self._signs), 0
         if count == 0:
             return False
         self.rt = total / count
@@ -54,8 +53,9 @@ class AdaptiveP:
         return {"aug/p": self.p, "aug/rt": self.rt}
 
     def state_dict(self) -> dict:
-        return {"p": self.p, "rt": self.rt, "stats": self._stats.cpu().clone()}
+        return {"p": self.p, "rt": self.rt, "signs": float(self._signs), "count": self._count}
 
     def load_state_dict(self, state: dict) -> None:
         self.p, self.rt = float(state["p"]), float(state["rt"])
-        self._stats = state["stats"].to(self._stats.device, torch.float64).clone()
+        self._signs = torch.tensor(float(state["signs"]), dtype=torch.float64, device=self._signs.device)
+        self._count = int(state["count"])

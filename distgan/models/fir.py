@@ -18,11 +18,17 @@ import torch.nn.functional as F
 _TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
+_CACHE: dict = {}
+
+
 def kernel(channels: int, device, dtype, gain: float = 1.0) -> torch.Tensor:
-    """The depthwise ``(channels, 1, 4, 4)`` weight: outer([1,3,3,1]) / 64 * gain."""
-    f = torch.tensor(_TAPS, device=device, dtype=torch.float32)
-    k = torch.outer(f, f) / f.sum() ** 2 * gain
-    return k.to(dtype).expand(channels, 1, 4, 4)
+    """The depthwise ``(channels, 1, 4, 4)`` weight: outer([1,3,3,1]) / 64 * gain. Cached per device, dtype
+    and gain: building it from Python numbers would copy host -> GPU at every call."""
+    key = (torch.device(device), dtype, gain)
+    if key not in _CACHE:
+        f = torch.tensor(_TAPS, dtype=torch.float64)
+        _CACHE[key] = (torch.outer(f, f) / f.sum() ** 2 * gain).to(device, dtype)
+    return _CACHE[key].expand(channels, 1, 4, 4)
 
 
 def blur(x: torch.Tensor, pad: tuple[int, int], gain: float = 1.0) -> torch.Tensor:

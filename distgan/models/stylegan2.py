@@ -93,7 +93,7 @@ class MappingNetwork(nn.Module):
 
     @torch.no_grad()
     def _track_w_avg(self, w: torch.Tensor) -> None:
-        stats = torch.cat([w.float().sum(0), w.new_tensor([w.shape[0]], dtype=torch.float32)])
+        stats = torch.cat([w.float().sum(0), w.new_full((1,), w.shape[0], dtype=torch.float32)])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)  # every rank calls G with update_w_avg in the same phase
         mean = stats[:-1] / stats[-1]
