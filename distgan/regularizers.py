@@ -35,18 +35,22 @@ class PathLengthPenalty:
     J_w^T y should have the same length a for every w; a is the running mean of the lengths.
 
     lengths_i = sqrt(mean over the num_ws layers of ||d(sum img_i * y_i) / d w_il||^2),
-    pl_mean <- pl_mean + decay * (mean_i lengths_i - pl_mean), loss = weight * mean_i (lengths_i - pl_mean)^2.
+    loss = weight * mean_i (lengths_i - pl_mean)^2, then at :meth:`flush`
+    pl_mean <- pl_mean + decay * (mean of the lengths over the GLOBAL batch - pl_mean).
 
-    The batch mean of the lengths is all-reduced before the update (StyleGAN2-ADA updates pl_mean from each
-    GPU's own batch, so its ranks drift apart): every rank and every world size holds the same pl_mean.
-    The penalty uses the updated pl_mean as a constant (StyleGAN2 also lets a gradient of weight ``decay``
-    flow through it; that would need a differentiable all-reduce inside DDP's backward, for a term of
-    relative size decay / batch). ``state_dict`` carries pl_mean across a resume.
+    Calls accumulate the lengths; ``flush`` (every rank, once per G-reg step, after its micro-batches)
+    all-reduces them and moves pl_mean once. So every rank, world size and micro-batch split holds the same
+    pl_mean; StyleGAN2-ADA instead moves it per GPU from the local batch, and its ranks drift apart.
+    Two deliberate differences from StyleGAN2, both of relative size ``decay``: the penalty uses pl_mean as
+    of the start of the step (the update needs every micro-batch's lengths, and a micro-batch's backward runs
+    before the next one exists), and as a constant (no gradient through the running mean, which would need
+    a differentiable all-reduce inside DDP's backward). ``state_dict`` carries pl_mean across a resume.
     """
 
     def __init__(self, decay: float = 0.01, weight: float = 2.0):
         self.decay, self.weight = decay, weight
         self.pl_mean = torch.zeros([], dtype=torch.float64)
+        self._sum, self._count = None, 0  # lengths since the last flush
         self.last_lengths = None  # detached (n,) lengths of the last call, for logging
 
     def __call__(self, img: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -55,15 +59,23 @@ class PathLengthPenalty:
         J_w) is in the graph and every DDP bucket fires."""
         (grad,) = torch.autograd.grad((_wide(img) * noise).sum(), ws, create_graph=True)
         lengths = _wide(grad).square().sum(2).mean(1).sqrt()
-        count = lengths.new_full((), lengths.shape[0], dtype=torch.float64)
-        stats = torch.stack([lengths.detach().double().sum(), count])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stats)
-        self.pl_mean = self.pl_mean.to(stats.device)
-        self.pl_mean = self.pl_mean + self.decay * (stats[0] / stats[1] - self.pl_mean)
+        total = lengths.detach().double().sum()
+        self._sum = total if self._sum is None else self._sum + total
+        self._count += lengths.shape[0]
         self.last_lengths = lengths.detach()
+        self.pl_mean = self.pl_mean.to(lengths.device)
         penalty = (lengths - self.pl_mean.to(lengths.dtype)).square().mean()
         return penalty * self.weight + _wide(img).sum() * 0
+
+    def flush(self) -> None:
+        """Move pl_mean once by the lengths accumulated since the last flush. A collective: every rank calls it."""
+        total = self._sum if self._sum is not None else self.pl_mean.new_zeros(())
+        stats = torch.stack([total.to(self.pl_mean.device), self.pl_mean.new_full((), self._count)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)
+        self._sum, self._count = None, 0
+        moved = self.pl_mean + self.decay * (stats[0] / stats[1].clamp(min=1) - self.pl_mean)
+        self.pl_mean = torch.where(stats[1] > 0, moved, self.pl_mean)  # no host sync
 
     def state_dict(self) -> dict:
         return {"pl_mean": float(self.pl_mean)}

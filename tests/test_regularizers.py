@@ -31,28 +31,33 @@ def test_path_length_against_hand_computation():
     loss = pl(linear_synthesis(ws, A), ws, y)
     grad = (y.flatten(1) @ A.t()).reshape(N, L, WD)  # d sum(img * y) / d ws = A^T y
     lengths = grad.square().sum(2).mean(1).sqrt()
-    mean = 0.01 * lengths.mean()  # pl_mean starts at 0
+    assert loss.item() == pytest.approx(float(2 * lengths.square().mean()), rel=1e-10)  # pl_mean starts at 0
+    assert float(pl.pl_mean) == 0.0  # until the flush
+    pl.flush()
+    mean = 0.01 * lengths.mean()
     assert float(pl.pl_mean) == pytest.approx(float(mean), rel=1e-12)
-    assert loss.item() == pytest.approx(float(2 * (lengths - mean).square().mean()), rel=1e-10)
     loss2 = pl(linear_synthesis(ws, A), ws, 2 * y)  # lengths double; pl_mean moves 1 % of the way
+    assert loss2.item() == pytest.approx(float(2 * (2 * lengths - mean).square().mean()), rel=1e-10)
+    pl.flush()
     mean2 = mean + 0.01 * (2 * lengths.mean() - mean)
     assert float(pl.pl_mean) == pytest.approx(float(mean2), rel=1e-12)
-    assert loss2.item() == pytest.approx(float(2 * (2 * lengths - mean2).square().mean()), rel=1e-10)
+    pl.flush()  # nothing accumulated: nothing moves
+    assert float(pl.pl_mean) == pytest.approx(float(mean2), rel=1e-12)
     restored = PathLengthPenalty()
     restored.load_state_dict(pl.state_dict())
     assert float(restored.pl_mean) == float(pl.pl_mean)
 
 
 def test_path_length_gradient_against_finite_differences():
-    """With decay 0, pl_mean is a constant and the loss a plain function of the synthesis weights."""
+    """pl_mean is a constant within a step: the loss is a plain function of the synthesis weights."""
     g = torch.Generator().manual_seed(1)
     A = torch.randn(L * WD, math.prod(SHAPE), generator=g, dtype=torch.float64, requires_grad=True)
     ws = torch.randn(N, L, WD, generator=g, dtype=torch.float64)
     y = torch.randn(N, *SHAPE, generator=g, dtype=torch.float64)
 
     def loss(A):
-        pl = PathLengthPenalty(decay=0.0)
-        pl.load_state_dict({"pl_mean": 0.7})
+        pl = PathLengthPenalty()
+        pl.load_state_dict({"pl_mean": 0.7})  # the penalty uses pl_mean as a constant
         w = ws.clone().requires_grad_(True)
         return pl(torch.tanh(linear_synthesis(w, A)), w, y)  # tanh: J depends on w and A
 
@@ -65,7 +70,7 @@ def test_path_length_noise_scale_and_invariance():
     assert torch.equal(path_length_noise((3, 16, 16), 0, 50, 2, 8, 8), noise[8:16])
 
 
-def _pl_on_rank(A, ws_all, y_all):
+def _pl_on_rank(A, ws_all, y_all, micro=1):
     import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -74,9 +79,13 @@ def _pl_on_rank(A, ws_all, y_all):
     pl = PathLengthPenalty()
     means, grads = [], []
     for step in range(3):
-        ws = ws_all[rank * n:(rank + 1) * n].clone().requires_grad_(True) * (1 + step)
-        loss = pl(torch.tanh(linear_synthesis(ws, A)), ws, y_all[rank * n:(rank + 1) * n])
-        (grad,) = torch.autograd.grad(loss, A)
+        grad = torch.zeros_like(A)
+        for k in range(micro):  # gradient accumulation: the local batch in `micro` pieces
+            rows = slice(rank * n + k * n // micro, rank * n + (k + 1) * n // micro)
+            ws = ws_all[rows].clone().requires_grad_(True) * (1 + step)
+            loss = pl(torch.tanh(linear_synthesis(ws, A)), ws, y_all[rows]) / micro
+            grad += torch.autograd.grad(loss, A)[0]
+        pl.flush()
         means.append(float(pl.pl_mean))
         grads.append(grad)
     return means, grads
@@ -90,10 +99,12 @@ def test_pl_mean_is_all_reduced_and_the_gradient_world_size_invariant():
     y = torch.randn(N, *SHAPE, generator=g, dtype=torch.float64)
     (m0, g0), (m1, g1) = gloo.run(_pl_on_rank, 2, A, ws, y)
     single_means, single_grads = _pl_on_rank(A, ws, y)
+    micro_means, micro_grads = _pl_on_rank(A, ws, y, 2)  # 1 worker x 2 micro-batches
     assert m0 == m1
-    assert m0 == pytest.approx(single_means, rel=1e-12)
-    for a, b, s in zip(g0, g1, single_grads):  # DDP averages the ranks' gradients
+    assert m0 == pytest.approx(single_means, rel=1e-12) and micro_means == pytest.approx(single_means, rel=1e-12)
+    for a, b, s, m in zip(g0, g1, single_grads, micro_grads):  # DDP averages the ranks' gradients
         assert torch.allclose((a + b) / 2, s, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(m, s, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- R1, R2, rpgan

@@ -188,13 +188,27 @@ def test_truncation():
     assert torch.allclose(cut[:, :3], G.mapping.w_avg.expand(4, 3, 16)) and torch.equal(cut[:, 3:], ws[:, 3:])
 
 
-def test_w_avg_moves_only_when_asked():
+def test_w_avg_moves_only_when_asked_and_once_per_flush():
     G = tiny_g()
     z = torch.randn(8, 16)
+    G.mapping.w_avg.fill_(1.0)
     G.map(z)
-    assert torch.equal(G.mapping.w_avg, torch.zeros(16))
+    G.flush_w_avg()  # nothing accumulated
+    assert torch.equal(G.mapping.w_avg, torch.ones(16))
     w = G.map(z, update_w_avg=True)[:, 0]
-    assert torch.allclose(G.mapping.w_avg, w.mean(0) * 0.005, atol=1e-7)
+    assert torch.equal(G.mapping.w_avg, torch.ones(16))  # accumulated, not applied
+    G.flush_w_avg()
+    assert torch.allclose(G.mapping.w_avg, 0.995 + w.mean(0) * 0.005, atol=1e-7)
+    # micro-batches: two calls of 4 then one flush move w_avg as one call of 8
+    first = G.mapping.w_avg.clone()
+    G.map(z, update_w_avg=True)
+    G.flush_w_avg()
+    whole = G.mapping.w_avg.clone()
+    G.mapping.w_avg.copy_(first)
+    G.map(z[:4], update_w_avg=True)
+    G.map(z[4:], update_w_avg=True)
+    G.flush_w_avg()
+    assert torch.allclose(G.mapping.w_avg, whole, atol=1e-7)
 
 
 def test_style_mixing_uses_the_second_w_after_the_cutoff():
@@ -284,6 +298,7 @@ def _w_avg_on_rank(z_all):
     local = z_all[rank * len(z_all) // world:(rank + 1) * len(z_all) // world]
     for _ in range(2):
         G.map(local, update_w_avg=True)
+        G.flush_w_avg()
     return G.mapping.w_avg
 
 

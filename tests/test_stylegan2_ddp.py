@@ -47,6 +47,7 @@ def _one_step(z_all, y_all, real_all, z_pl_all):
     # D main: fakes from the unwrapped G (no DDP hooks), which also moves w_avg
     with torch.no_grad():
         fake = G(z, y, update_w_avg=True, **draws(NOISE_D, MIX_D, first, n))
+    G.flush_w_avg()  # once per D step, after all micro-batches
     real_logits = D_ddp(ada_augment(real, p, SEED, AUG_REAL, counter, first), y)
     fake_logits = D_ddp(ada_augment(fake, p, SEED, AUG_FAKE, counter, first), y)
     (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()).backward()
@@ -75,6 +76,7 @@ def _one_step(z_all, y_all, real_all, z_pl_all):
         img, ws = G_ddp(z_pl, y_pl, return_ws=True, **draws(NOISE_PL, MIX_PL, first_pl, n_pl))
         direction = path_length_noise((3, 32, 32), SEED, PL_DIR, counter, first_pl, n_pl)
         (pl(img, ws, direction) * 4).backward()
+        pl.flush()  # once per G-reg step, after all micro-batches
     out["G_reg"] = _grads(G)
     out["pl_mean"], out["w_avg"] = float(pl.pl_mean), G.mapping.w_avg.clone()
     D.requires_grad_(True)

@@ -57,8 +57,10 @@ class MappingNetwork(nn.Module):
     """z (and a label) -> w, broadcast to ``num_ws`` copies (None: one (N, w_dim) row, for D's labels).
 
     The label is one-hot -> equalised FC (= an embedding) -> normalised, concatenated to the normalised z.
-    ``w_avg`` tracks the mean w (decay ``w_avg_beta``) for truncation; it moves only when the caller asks
-    (``update_w_avg``), from the GLOBAL batch mean (all-reduced), so every rank and world size holds the same.
+    ``w_avg`` tracks the mean w (decay ``w_avg_beta``) for truncation. Calls with ``update_w_avg=True`` only
+    accumulate their w's; :meth:`flush_w_avg` (every rank, once per D step, after its micro-batches) moves
+    w_avg once towards the mean over the GLOBAL batch (all-reduced), so every rank, world size and
+    micro-batch split holds the same w_avg. StyleGAN2-ADA moves it per call from the local batch instead.
     """
 
     def __init__(self, z_dim: int, w_dim: int, num_ws: int | None, num_classes: int = 0, num_layers: int = 8,
@@ -72,6 +74,7 @@ class MappingNetwork(nn.Module):
         self.w_avg_beta = w_avg_beta
         if w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros(w_dim))
+        self._w_sum, self._w_count = None, 0  # accumulated since the last flush (not state: flushed every step)
 
     def forward(self, z: torch.Tensor | None, y: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
@@ -81,7 +84,9 @@ class MappingNetwork(nn.Module):
             parts.append(normalize_2nd_moment(self.embed(onehot)))
         w = self.layers(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         if update_w_avg:
-            self._track_w_avg(w.detach())
+            w_sum = w.detach().float().sum(0)
+            self._w_sum = w_sum if self._w_sum is None else self._w_sum + w_sum
+            self._w_count += w.shape[0]
         if self.num_ws is None:
             return w
         ws = w[:, None].expand(-1, self.num_ws, -1)
@@ -92,12 +97,18 @@ class MappingNetwork(nn.Module):
         return ws
 
     @torch.no_grad()
-    def _track_w_avg(self, w: torch.Tensor) -> None:
-        stats = torch.cat([w.float().sum(0), w.new_full((1,), w.shape[0], dtype=torch.float32)])
+    def flush_w_avg(self) -> None:
+        """w_avg <- lerp(global mean of the accumulated w's, w_avg, beta). A collective: every rank calls it."""
+        if self._w_sum is None:
+            w_sum = self.w_avg.new_zeros(self.w_dim)  # a rank with nothing to add still joins the all-reduce
+        else:
+            w_sum = self._w_sum
+        stats = torch.cat([w_sum, w_sum.new_full((1,), self._w_count)])
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stats)  # every rank calls G with update_w_avg in the same phase
-        mean = stats[:-1] / stats[-1]
-        self.w_avg.copy_(mean.lerp(self.w_avg, self.w_avg_beta))
+            dist.all_reduce(stats)
+        self._w_sum, self._w_count = None, 0
+        moved = (stats[:-1] / stats[-1].clamp(min=1)).lerp(self.w_avg, self.w_avg_beta)
+        self.w_avg.copy_(torch.where(stats[-1] > 0, moved, self.w_avg))  # no host sync
 
 
 class SynthesisBlock(nn.Module):
@@ -164,6 +175,10 @@ class StyleGAN2Generator(nn.Module):
     @property
     def noise_resolutions(self) -> list[int]:
         return self.synthesis.noise_resolutions
+
+    def flush_w_avg(self) -> None:
+        """Move w_avg by the w's of the calls made with ``update_w_avg=True`` (see :class:`MappingNetwork`)."""
+        self.mapping.flush_w_avg()
 
     def map(self, z: torch.Tensor, y: torch.Tensor | None = None, mixing=None, truncation_psi: float = 1.0,
             truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
