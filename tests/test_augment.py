@@ -10,7 +10,7 @@ import torch
 
 from distgan.augment import AUGMENTS, AdaptiveP, ADASpec, ada
 from distgan.augment import diffaugment as da
-from tests import gloo
+from distgan.testing import gloo
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from distgan.losses_rpgan import RPGANLoss, rpgan_d_loss, rpgan_d_penalty, rpgan_g_loss
 from distgan.regularizers import PathLengthPenalty, path_length_noise, r1_penalty, r2_penalty
-from tests import gloo
+from distgan.testing import gloo
 
 torch.set_num_threads(1)
 N, L, WD, SHAPE = 4, 3, 5, (2, 3, 3)  # batch, num_ws, w_dim, image

@@ -14,7 +14,7 @@ from distgan.models import fir
 from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, channel_plan
 from distgan.models.stylegan2_draws import Mixing, local_mixing, local_noise_maps, mixing, noise_maps
 from distgan.models.stylegan2_layers import EqualConv2d, EqualLinear, MinibatchStd, modulated_conv2d
-from tests import gloo
+from distgan.testing import gloo
 
 torch.set_num_threads(1)
 TINY = dict(channel_base=256, channel_max=32, mapping_layers=2, z_dim=16, w_dim=16)

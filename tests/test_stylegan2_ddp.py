@@ -15,7 +15,7 @@ from distgan.draws import first_index
 from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from distgan.models.stylegan2_draws import mixing, noise_maps
 from distgan.regularizers import PathLengthPenalty, path_length_noise, r1_penalty
-from tests import gloo
+from distgan.testing import gloo
 
 torch.set_num_threads(1)
 B, SEED, CLASSES = 8, 3, 3
