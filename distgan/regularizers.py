@@ -1,4 +1,5 @@
-"""Regularisers beyond the loss: StyleGAN2's path-length penalty for G, zero-centred R1/R2 for D.
+"""Regularisers beyond the loss: StyleGAN2's path-length penalty for G, zero-centred R1/R2 for D, and the
+input-gradient norm that R1, R2 and WGAN-GP's penalty share.
 
 Each returns a loss to add (already a mean over the local batch, so DDP's gradient average over equal
 shards is the gradient of the global mean). The caller runs them in fp32 (outside bf16 autocast) and, when
@@ -12,15 +13,22 @@ import math
 import torch
 import torch.distributed as dist
 
-from distgan.draws import per_sample
-from distgan.step import input_gradient_sq
+from distgan.rng import per_sample
 
 _NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32; fp32 and fp64 stay."""
+    """fp16/bf16 -> fp32 for sums and squares; fp32 and fp64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def input_gradient_sq(outputs: torch.Tensor, inputs: torch.Tensor, scaler=_NO_SCALING) -> torch.Tensor:
+    """Per-sample ||dD(x)/dx||² with a graph for the double backward, correct under fp16 loss scaling:
+    the scaled outputs are differentiated (no underflow), then the gradient is unscaled."""
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    (grad,) = torch.autograd.grad(_wide(outputs).sum() * scale, inputs, create_graph=True)
+    return (_wide(grad) / scale).flatten(1).pow(2).sum(1)
 
 
 def path_length_noise(shape: tuple[int, int, int], seed: int, stream: int, counter: int, first: int, n: int,

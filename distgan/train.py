@@ -2,7 +2,7 @@
 
 It imports neither Ray nor submitit: Ray workers, plain gloo test processes and a single process all
 call it; whatever a backend needs (metric reporting, checkpoint hand-off) comes in through ``hooks``.
-Read top to bottom: build -> resume -> prepare -> loop over steps (D phases, R1, G phase, EMA) -> ticks.
+Read top to bottom: build -> resume -> prepare -> loop over steps (D phases, D reg, G phase, G reg, EMA) -> ticks.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from distgan.data import ShardedSampler, batch_source, load
 from distgan.losses import build_loss
 from distgan.metrics import Evaluator
 from distgan.models import build_models
+from distgan.models import spec as model_spec
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
 from distgan.rng import Stream, counter_generator
 from distgan.rundir import RunDir
@@ -42,6 +44,9 @@ from distgan.step import (
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]  # per rank and global, every log tick
 R1_STAT = "loss/R1"  # with train.r1_gamma > 0: the mean lazy-R1 penalty of the tick
+# the regularisers' means over the steps of a tick that ran them: (name, StepStats field, on for this config)
+REG_STATS = [(R1_STAT, "r1", lambda t: t.r1_gamma > 0), ("loss/R2", "r2", lambda t: t.r2_gamma > 0),
+             ("loss/PL", "pl", lambda t: t.pl_weight > 0)]
 log = logging.getLogger("distgan")
 
 
@@ -118,6 +123,7 @@ class Training:
                                    ).to(self.device)
         self.fixed_y = fixed_y.to(self.device) if fixed_y is not None else None
         self.step, self.skipped_at_start, self.metrics = 0, 0, {}
+        self.step_state: dict = {}  # ADA's p and the path-length mean of a resumed run, for the GAN step
         self.writer = None
 
     # ------------------------------------------------------------------------------------ resume
@@ -148,6 +154,7 @@ class Training:
         if self.G_ema is not None and state.G_ema is not None:
             self.G_ema.load_state_dict(state.G_ema)
         torch.set_rng_state(state.rng_cpu)
+        self.step_state = {"augment": state.augment, "pl": state.path_length}
         self.step, self.skipped_at_start = int(state.step), int(state.skipped_steps)
         if self.rank == 0:
             log.info("resumed from %s at step %d", source, self.step)
@@ -158,7 +165,8 @@ class Training:
         self.schedulers = build_schedulers(self.opt_g, self.opt_d, t, first_step=self.step)
         loss = build_loss(cfg.loss)
         channels_last = accelerate(self.G, self.D, cfg, self.device,
-                                   penalty=loss.needs_gradient_penalty or t.r1_gamma > 0)
+                                   penalty=loss.needs_gradient_penalty or t.r1_gamma > 0 or t.r2_gamma > 0,
+                                   g_penalty=t.pl_weight > 0)
         # NaN/Inf is caught at the update, before it reaches the weights (distgan/nonfinite.py); under fp16
         # GradScaler already skips overflowing updates, so only the log-tick loss check applies.
         self.guard = NonFiniteGuard(t.skip_nonfinite, enabled=t.precision != "fp16", where=lambda: (
@@ -167,10 +175,12 @@ class Training:
         self.gan = GANStep(Trainable(dist.wrap(self.G, self.device), self.opt_g),
                            Trainable(dist.wrap(self.D, self.device), self.opt_d), loss, t,
                            StepContext(self.device, self.scaler, cfg.model.latent_dim, self.num_classes,
-                                       channels_last), guard=self.guard)
+                                       channels_last, style=model_spec(cfg.model.name).style), guard=self.guard)
+        self.gan.load_state_dict(self.step_state)
         sampler = ShardedSampler(len(self.data), t.batch_size, self.rank, self.world, t.seed)
         self.batches = batch_source(self.data, sampler, self.device, first_counter=self.step * t.n_critic)
-        self.stat_names = STAT_NAMES + ([R1_STAT] if t.r1_gamma > 0 else [])
+        self.reg_stats = [(name, field) for name, field, on in REG_STATS if on(t)]
+        self.stat_names = STAT_NAMES + [name for name, _ in self.reg_stats]
         self.acc = torch.zeros(len(self.stat_names), device=self.device)  # sums since the last tick
         self.counts = torch.zeros(len(self.stat_names), device=self.device)
         self.nonfinite = torch.zeros((), device=self.device)
@@ -197,9 +207,10 @@ class Training:
     def _accumulate(self, s: StepStats) -> None:
         values = [s.d.loss_d, s.loss_g, s.d.d_real, s.d.d_fake]
         present = torch.ones(len(self.stat_names), device=self.device)
-        if len(self.stat_names) > len(STAT_NAMES):  # R1 runs on some steps only
-            values.append(s.r1 if s.r1 is not None else torch.zeros((), device=self.device))
-            present[-1] = float(s.r1 is not None)
+        for i, (_, field) in enumerate(self.reg_stats, start=len(STAT_NAMES)):  # lazy: on some steps only
+            value = getattr(s, field)
+            values.append(value if value is not None else torch.zeros((), device=self.device))
+            present[i] = float(value is not None)
         values = torch.stack(values)
         self.nonfinite += (~torch.isfinite(values)).any()
         self.acc += values
@@ -229,6 +240,7 @@ class Training:
         img_per_sec = (step - self.tick_step) * t.batch_size * t.n_critic / max(now - self.tick_time, 1e-9)
         metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank, "skipped_steps": self.guard.skipped,
                    "checkpointed": bool(ckpt),
+                   **{k: v for k, v in self.gan.augment.scalars().items() if math.isfinite(v)},  # same on every rank
                    **{n: float(v) for n, v in zip(self.stat_names, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(self.stat_names, per_rank.mean(0))}}
         # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
@@ -254,8 +266,9 @@ class Training:
         """Rank 0: TensorBoard, best/regular checkpoints, samples, the progress line. Returns the
         checkpoint written, if any."""
         step, saved = self.step, None
-        self.writer.scalars(step, self.stat_names, per_rank, {"perf/img_per_sec": img_per_sec,
-                                                              "train/skipped_steps": self.guard.skipped})
+        extra = {"perf/img_per_sec": img_per_sec, "train/skipped_steps": self.guard.skipped,
+                 **{k: v for k, v in metrics.items() if k.startswith("aug/")}}  # ADA's p and r_t
+        self.writer.scalars(step, self.stat_names, per_rank, extra)
         if scores:
             self.writer.metrics(step, scores)
             if self.evaluator.improved(scores):
@@ -274,6 +287,7 @@ class Training:
 
     # ------------------------------------------------------------------------------ what is saved
     def state(self) -> TrainState:
+        extra = self.gan.state_dict()
         return TrainState(
             G=self.G.state_dict(), D=self.D.state_dict(),
             G_ema=self.G_ema.state_dict() if self.G_ema is not None else None,
@@ -281,7 +295,7 @@ class Training:
             step=self.step, images_seen=self.step * self.t.batch_size, rng_cpu=torch.get_rng_state(),
             config=to_dict(self.cfg), data_shape=list(self.data.shape), num_classes=self.num_classes,
             fixed_z=self.fixed_z.cpu(), fixed_y=self.fixed_y.cpu() if self.fixed_y is not None else None,
-            skipped_steps=self.guard.skipped)
+            skipped_steps=self.guard.skipped, augment=extra["augment"], path_length=extra["pl"])
 
     def save_checkpoint(self, best: dict | None = None) -> Path:
         state = self.state().to_dict()

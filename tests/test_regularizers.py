@@ -9,12 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distgan.losses_rpgan import RPGANLoss, rpgan_d_loss, rpgan_d_penalty, rpgan_g_loss
+from distgan.config import LossConfig
+from distgan.losses import build_loss
 from distgan.regularizers import PathLengthPenalty, path_length_noise, r1_penalty, r2_penalty
 from distgan.testing import gloo
 
 torch.set_num_threads(1)
 N, L, WD, SHAPE = 4, 3, 5, (2, 3, 3)  # batch, num_ws, w_dim, image
+RPGAN = build_loss(LossConfig(name="rpgan"))  # the registry's loss
+rpgan_d_loss, rpgan_g_loss = RPGAN.d_loss, RPGAN.g_loss
+
+
+def rpgan_d_penalty(real_logits, real, fake_logits, fake, gamma):
+    """R3GAN's gamma / 2 (R1 + R2), as the D reg phase applies it with r1_gamma = r2_gamma = gamma."""
+    return gamma / 2 * r1_penalty(real_logits, real) + gamma / 2 * r2_penalty(fake_logits, fake)
 
 
 def linear_synthesis(ws: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -136,9 +144,9 @@ def test_rpgan_losses_against_the_formula():
     g = sum(math.log1p(math.exp(-(f - r))) for r, f in zip(real.tolist(), fake.tolist())) / 3
     assert float(rpgan_d_loss(real, fake)) == pytest.approx(d, rel=1e-12)
     assert float(rpgan_g_loss(fake, real)) == pytest.approx(g, rel=1e-12)
-    loss = RPGANLoss(gamma=1.0)
-    assert float(loss.d_loss(real, fake)) == float(rpgan_d_loss(real, fake))
-    assert float(loss.g_loss(fake, real)) == float(rpgan_g_loss(fake, real))
+    assert RPGAN.g_needs_real and RPGAN.fakes_penalty and not RPGAN.needs_gradient_penalty
+    with pytest.raises(ValueError):
+        RPGAN.g_loss(fake)  # the G loss pairs fakes with reals: it cannot run without them
     # pairing: swapping fakes between samples changes the loss (not a sum of separate real and fake terms)
     assert float(rpgan_d_loss(real, fake.flip(0))) != pytest.approx(d)
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from distgan import dist
 from distgan.augment import ada_augment
-from distgan.draws import first_index
 from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from distgan.models.stylegan2_draws import mixing, noise_maps
 from distgan.regularizers import PathLengthPenalty, path_length_noise, r1_penalty
+from distgan.rng import first_index
 from distgan.testing import gloo
 
 torch.set_num_threads(1)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distgan.draws import sample_generator
+from distgan.rng import sample_generator
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from distgan.draws import sample_generator
+from distgan.rng import sample_generator
 
 UNIFORMS = ("bright_on", "bright", "sat_on", "sat", "contrast_on", "contrast", "shift_on", "shift_x", "shift_y",
             "cut_on", "cut_x", "cut_y")

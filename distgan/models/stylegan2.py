@@ -34,6 +34,9 @@ from distgan.models.stylegan2_layers import (
     normalize_2nd_moment,
 )
 
+SIZES = tuple(32 << i for i in range(6))  # 32 .. 1024
+MBSTD_GROUP = 4  # D's minibatch-std group: every micro-batch D sees is a multiple of it
+
 
 def check_shape(resolution: int, channels: int) -> None:
     if resolution < 32 or resolution > 1024 or resolution & (resolution - 1):
@@ -250,3 +253,40 @@ class StyleGAN2Discriminator(nn.Module):
             raise ValueError("a conditional StyleGAN2 D needs the labels y")
         cmap = self.mapping(None, y)
         return (x * cmap.to(x.dtype)).sum(dim=1) / math.sqrt(self.cmap_dim)
+
+
+def build_stylegan2(cfg, shape: tuple[int, ...], num_classes: int = 0):
+    """The registry's builder (distgan.models.MODELS): ``model.latent_dim`` is z's size; conditional models
+    (``num_classes`` > 0) embed the label in the mapping network and project D's output on it."""
+    channels, height = shape[0], shape[1]
+    resolution = cfg.resolution or height
+    if resolution != height:
+        raise UserError(f"model.resolution={resolution} does not match the data ({height} px)")
+    G = StyleGAN2Generator(resolution, channels, cfg.channel_base, cfg.channel_max, cfg.mapping_layers,
+                           z_dim=cfg.latent_dim, w_dim=cfg.w_dim, num_classes=num_classes,
+                           fused_modconv=cfg.fused_modconv)
+    D = StyleGAN2Discriminator(resolution, channels, cfg.channel_base, cfg.channel_max, num_classes=num_classes,
+                               mapping_layers=cfg.mapping_layers, mbstd_group=MBSTD_GROUP)
+    return G, D
+
+
+def check_stylegan2(cfg) -> None:
+    """model=stylegan2's own rules (distgan.models.check has already checked the data size is in SIZES)."""
+    from distgan import data
+
+    m, size = cfg.model, data.image_size(cfg.dataset)
+    if m.resolution is not None:
+        if m.resolution not in SIZES:
+            raise UserError(f"model.resolution={m.resolution} is not a power of two from 32 to 1024; "
+                            "set model.resolution=null (the data's size) or 32, 64, ..., 1024")
+        if m.resolution != size:
+            raise UserError(f"model.resolution={m.resolution} does not match the data ({size} px): set "
+                            f"dataset.image_size={m.resolution}, or model.resolution=null")
+    if m.spectral_norm:
+        raise UserError("model.spectral_norm applies to mlp, dcgan and resnet; StyleGAN2 uses equalised "
+                        "learning rates instead: set model.spectral_norm=false")
+    if m.norm_g != "none" or m.norm_d != "none":
+        raise UserError("model=stylegan2 has no BatchNorm (demodulation instead): set model.norm_g=none "
+                        "model.norm_d=none")
+    if m.activation_g != "leaky_relu":
+        raise UserError("model.activation_g applies to model=mlp; StyleGAN2 always uses leaky ReLU")

@@ -1,4 +1,4 @@
-"""StyleGAN2's training-time randomness, drawn per global sample index (:mod:`distgan.draws`).
+"""StyleGAN2's training-time randomness, drawn per global sample index (:func:`distgan.rng.sample_generator`).
 
 StyleGAN2-ADA draws the per-pixel noise inside the network from torch's global RNG and makes ONE style-mixing
 decision (mix or not, one cutoff) per GPU batch, so its step changes with the number of GPUs. Here sample
@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from distgan.draws import first_index, sample_generator
+from distgan.rng import first_index, sample_generator
 
 
 class Mixing(NamedTuple):
