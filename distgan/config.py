@@ -67,6 +67,7 @@ class ModelConfig:
     mapping_layers: int = 8  # FC layers of the mapping network (and of D's label mapping)
     w_dim: int = 512  # size of w (z is model.latent_dim)
     fused_modconv: bool = True  # modulated conv as one grouped conv (False: scale, shared conv, scale)
+    mbstd_group: int = 4  # D's minibatch-std group (contiguous samples); must divide every micro-batch
 
 
 @dataclass
@@ -199,8 +200,9 @@ def _check_model_settings(m: ModelConfig) -> None:
         if getattr(m, name) not in NORMS:
             raise UserError(f"model.{name} must be 'batch' or 'none', got {getattr(m, name)!r}")
     _one_of("model.activation_g", m.activation_g, G_ACTIVATIONS)
-    for name in ("channel_max", "mapping_layers", "w_dim") + (("channel_base",) if m.channel_base is not None else ()):
-        _positive(f"model.{name}", getattr(m, name))
+    for name in ("channel_max", "mapping_layers", "w_dim", "mbstd_group", "channel_base"):
+        if name != "channel_base" or m.channel_base is not None:  # null: the resolution's default plan
+            _positive(f"model.{name}", getattr(m, name))
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
 

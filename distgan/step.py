@@ -263,7 +263,8 @@ class GANStep:
                     r1s.append(input_gradient_sq(logits, x, self.scaler).mean() * (t.r1_gamma / 2))
                     loss, anchor = r1s[-1], logits.float().mean() * 0
                 if t.r2_gamma > 0:
-                    x = fake.detach().float().requires_grad_(True)
+                    x = fake.detach()  # bf16/fp16 fakes of D main become fp32 here; fp32/fp64 stay
+                    x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).requires_grad_(True)
                     logits = self.discriminate(x, yf, True, counter, first, aug_stream=Stream.AUG_FAKE_REG)
                     r2s.append(input_gradient_sq(logits, x, self.scaler).mean() * (t.r2_gamma / 2))
                     loss, anchor = loss + r2s[-1], anchor + logits.float().mean() * 0

@@ -23,8 +23,8 @@ from distgan.models.layers import apply_spectral_norm
 from distgan.models.mlp import build_mlp
 from distgan.models.resnet import SIZES as RESNET_SIZES
 from distgan.models.resnet import build_resnet
-from distgan.models.stylegan2 import MBSTD_GROUP, build_stylegan2, check_stylegan2
 from distgan.models.stylegan2 import SIZES as STYLEGAN2_SIZES
+from distgan.models.stylegan2 import build_stylegan2, check_stylegan2
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelSpec:
     check: Callable[[Config], None] | None = None  # the model's own settings rules
     style: bool = False  # a mapping network: noise maps, style mixing, path length, truncation (stylegan2)
     own_conditioning: bool = False  # builds its conditional G and D itself: build(cfg, shape, num_classes)
-    batch_multiple: int = 1  # every micro-batch D sees must be a multiple of this (minibatch-std groups)
+    batch_multiple: Callable[[ModelConfig], int] | None = None  # micro-batches must be multiples of it (mbstd)
 
 
 def _leaky_relu_only(cfg: Config) -> None:
@@ -50,7 +50,7 @@ MODELS: dict[str, ModelSpec] = {
     "resnet": ModelSpec(build_resnet, data=("image",), sizes=RESNET_SIZES, channels_last=True,
                         check=_leaky_relu_only),
     "stylegan2": ModelSpec(build_stylegan2, data=("image",), sizes=STYLEGAN2_SIZES, check=check_stylegan2, style=True,
-                           own_conditioning=True, batch_multiple=MBSTD_GROUP),
+                           own_conditioning=True, batch_multiple=lambda m: m.mbstd_group),
 }
 
 
@@ -83,11 +83,13 @@ def check(cfg: Config) -> None:
 
 
 def check_micro_batch(cfg: Config, micro: int) -> None:
-    """Every micro-batch a worker runs must suit the model (StyleGAN2's D: groups of 4 for minibatch std)."""
-    multiple = spec(cfg.model.name).batch_multiple
+    """Every micro-batch a worker runs must suit the model (StyleGAN2's D: whole minibatch-std groups)."""
+    rule = spec(cfg.model.name).batch_multiple
+    multiple = rule(cfg.model) if rule else 1
     if micro % multiple:
-        raise UserError(f"model={cfg.model.name} needs a per-worker micro-batch that is a multiple of {multiple} "
-                        f"(D's minibatch-std groups), got {micro}: change train.batch_size or train.batch_per_gpu")
+        raise UserError(f"model={cfg.model.name} needs a per-worker micro-batch that is a multiple of "
+                        f"model.mbstd_group={multiple} (D's minibatch-std groups), got {micro}: change "
+                        "train.batch_size, train.batch_per_gpu or model.mbstd_group")
 
 
 def build_models(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:

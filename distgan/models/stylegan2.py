@@ -35,7 +35,6 @@ from distgan.models.stylegan2_layers import (
 )
 
 SIZES = tuple(32 << i for i in range(6))  # 32 .. 1024
-MBSTD_GROUP = 4  # D's minibatch-std group: every micro-batch D sees is a multiple of it
 
 
 def check_shape(resolution: int, channels: int) -> None:
@@ -266,7 +265,7 @@ def build_stylegan2(cfg, shape: tuple[int, ...], num_classes: int = 0):
                            z_dim=cfg.latent_dim, w_dim=cfg.w_dim, num_classes=num_classes,
                            fused_modconv=cfg.fused_modconv)
     D = StyleGAN2Discriminator(resolution, channels, cfg.channel_base, cfg.channel_max, num_classes=num_classes,
-                               mapping_layers=cfg.mapping_layers, mbstd_group=MBSTD_GROUP)
+                               mapping_layers=cfg.mapping_layers, mbstd_group=cfg.mbstd_group)
     return G, D
 
 
