@@ -55,10 +55,11 @@ def run_variant(model: dict, loss: str, train: dict) -> dict:
             if hasattr(m, "noise_strength"):
                 m.noise_strength.data.fill_(0.3)
     opt_g, opt_d = RecordingSGD(G.parameters(), lr=t.lr_g), RecordingSGD(D.parameters(), lr=t.lr_d)
-    gan = GANStep(Trainable(dist.wrap(G, torch.device("cpu")), opt_g), Trainable(dist.wrap(D, torch.device("cpu")), opt_d),
+    cpu = torch.device("cpu")
+    gan = GANStep(Trainable(dist.wrap(G, cpu), opt_g), Trainable(dist.wrap(D, cpu), opt_d),
                   build_loss(LossConfig(name=loss)), t,
-                  StepContext(torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False), cfg.latent_dim,
-                              num_classes, style=spec(cfg.name).style))
+                  StepContext(cpu, torch.amp.GradScaler("cpu", enabled=False), cfg.latent_dim, num_classes,
+                              style=spec(cfg.name).style))
     sampler = ShardedSampler(len(data), t.batch_size, dist.rank(), dist.world_size(), SEED)
 
     def real_batch(counter):
