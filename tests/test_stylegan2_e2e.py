@@ -33,6 +33,7 @@ def test_stylegan2_trains_on_two_ray_workers_and_samples(tmp_path, fashion_root)
     state = checkpoint.load(run / "checkpoints")
     assert state["augment"]["p"] == lines[-1]["aug/p"] and state["path_length"]["pl_mean"] > 0
     out = subprocess.run([sys.executable, str(ROOT / "launch" / "sample.py"), f"checkpoint={run}", "num_samples=8",
-                          f"out={tmp_path / 'grid.png'}", "truncation=0.7"], capture_output=True, text=True, timeout=300)
+                          f"out={tmp_path / 'grid.png'}", "truncation=0.7"], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0 and "truncation 0.7" in out.stdout, out.stderr
     assert (tmp_path / "grid.png").stat().st_size > 0
