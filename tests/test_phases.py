@@ -146,3 +146,18 @@ def test_regularisers_run_in_fp32_under_bf16():
     assert torch.bfloat16 in seen["d_main"] and torch.bfloat16 in seen["g_main"]
     assert seen["d_reg"] == {torch.float32} and seen["g_reg"] == {torch.float32}
     assert all(torch.isfinite(v) for v in (stats.r1, stats.pl, stats.loss_g))
+
+
+def test_lazy_path_length_and_r2_get_the_lazy_adam_correction():
+    """G's Adam with lazy path length (every k G steps) is corrected by c = k/(k+1) like D's with lazy R1;
+    R2 alone corrects D the same way; without regularisers nothing changes."""
+    from distgan.step import build_optimizers
+
+    G, D = nn.Linear(2, 2), nn.Linear(2, 1)
+    t = TrainConfig(lr_g=2e-3, lr_d=1e-3, beta1=0.0, beta2=0.99, pl_weight=2.0, pl_interval=4, r2_gamma=1.0,
+                    r1_interval=16)
+    opt_g, opt_d = build_optimizers(G, D, t)
+    assert opt_g.param_groups[0]["lr"] == 2e-3 * 4 / 5 and opt_g.param_groups[0]["betas"] == (0.0, 0.99 ** (4 / 5))
+    assert opt_d.param_groups[0]["lr"] == 1e-3 * 16 / 17 and opt_d.param_groups[0]["betas"] == (0.0, 0.99 ** (16 / 17))
+    opt_g, opt_d = build_optimizers(G, D, TrainConfig(lr_g=2e-3, lr_d=1e-3, beta2=0.99))
+    assert opt_g.param_groups[0]["lr"] == 2e-3 and opt_d.param_groups[0]["betas"] == (0.5, 0.99)
