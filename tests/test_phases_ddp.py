@@ -1,7 +1,7 @@
 """The four phases under DDP through the REAL ``GANStep.train_step``: StyleGAN2 with R1, path length, ADA
 (p > 0 and moving) and style mixing on 2 gloo workers x B/2 takes the same steps as 1 worker x B; gradient
 accumulation (``train.batch_per_gpu``) gives the un-accumulated step: 1 worker x 4 micro-batches == 2
-workers x 2 == 4 workers x 1, for a BN-free MLP and for StyleGAN2.
+workers x 2 == 4 workers x 1, for a BN-free MLP, for StyleGAN2 and for rpgan with R1 and R2.
 
 As tests/test_algorithms_ddp.py: SGD that records every step's all-reduced gradients (Adam's first step
 would hide a wrongly scaled gradient), compared step by step, then every weight and buffer (w_avg
@@ -34,6 +34,9 @@ VARIANTS = {
     "mlp_accumulated": (dict(name="mlp", width=2, latent_dim=8), "bce",
                         dict(batch_size=8, batch_per_gpu=2, r1_gamma=1.0, r1_interval=2), (1, 2, 4)),
     "stylegan2_accumulated": (STYLE, "bce", dict(batch_size=16, batch_per_gpu=4, **STYLE_TRAIN), (1, 2, 4)),
+    # R3GAN: pairs, R1 + R2 in D reg, the G phase scoring reals; accumulated too
+    "rpgan_conditional": (dict(name="mlp", width=2, latent_dim=8, conditional=True), "rpgan",
+                          dict(batch_size=8, batch_per_gpu=2, r1_gamma=1.0, r2_gamma=2.0, r1_interval=1), (1, 2, 4)),
 }
 
 
