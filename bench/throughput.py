@@ -3,8 +3,11 @@
     python bench/throughput.py            # the full run (docs/benchmarks.md, "Throughput")
     python bench/throughput.py --quick    # a few steps of every case: checks the plumbing only
 
-Cases, per model (mlp, dcgan), all on Fashion-MNIST held in memory, global batch 64:
-  (a) plain    a hand-written PyTorch loop below: no Ray, no DDP, no distgan import in the loop
+Cases, per model (mlp, dcgan at 28 px; stylegan2 at 32 px), all on Fashion-MNIST held in memory, global
+batch 64:
+  (a) plain    a hand-written PyTorch loop below: no Ray, no DDP, no distgan import in the loop (stylegan2:
+               distgan's G and D modules, the networks being the point, driven by a hand-written loop of
+               the same phases with batch-wise torch.randn draws)
   (b) distgan  ``distgan.train.train_worker`` in one process, same threads and batch
   (c) distgan  two plain gloo processes (1 thread each), the same global batch split 2 x 32
 Every case runs in a fresh process, and the cases alternate within a round (a b c, then c b a in
@@ -43,6 +46,8 @@ LABELS = {"plain": "(a) plain PyTorch", "distgan-1": "(b) distgan, 1 worker", "d
 # ------------------------------------------------------------------------------ (a) the reference
 def plain_models(model: str) -> tuple[nn.Module, nn.Module, int]:
     """The blog post's MLP GAN, fixed (flat z, tanh output, logits), and DCGAN at 28 px: by hand."""
+    if model == "stylegan2":
+        return plain_stylegan2()
     if model == "mlp":
         nz = 100
         G = nn.Sequential(nn.Linear(nz, 256), nn.LeakyReLU(0.2), nn.Linear(256, 512), nn.LeakyReLU(0.2),
@@ -61,11 +66,107 @@ def plain_models(model: str) -> tuple[nn.Module, nn.Module, int]:
     return G, D, nz
 
 
+# stylegan2: the network of configs/experiment/stylegan2_fmnist32.yaml and the phases of the StyleGAN2 recipes
+# (lazy R1 every 16 D steps, path length every 4 G steps with batch shrink 2, style mixing 0.9), no ADA
+SG2 = dict(channel_base=512, channel_max=32, mapping_layers=2, z_dim=32, w_dim=32, r1_gamma=0.1, r1_every=16,
+           pl_weight=2.0, pl_every=4, pl_shrink=2, mixing=0.9, lr=0.0025, betas=(0.0, 0.99))
+SG2_OVERRIDES = ("dataset.image_size=32", f"model.channel_base={SG2['channel_base']}",
+                 f"model.channel_max={SG2['channel_max']}", f"model.mapping_layers={SG2['mapping_layers']}",
+                 f"model.latent_dim={SG2['z_dim']}", f"model.w_dim={SG2['w_dim']}", f"train.r1_gamma={SG2['r1_gamma']}",
+                 f"train.r1_interval={SG2['r1_every']}", f"train.pl_weight={SG2['pl_weight']}",
+                 f"train.pl_interval={SG2['pl_every']}", f"train.pl_batch_shrink={SG2['pl_shrink']}",
+                 f"train.style_mixing={SG2['mixing']}", f"train.lr_g={SG2['lr']}", f"train.lr_d={SG2['lr']}",
+                 "train.beta1=0.0", "train.beta2=0.99")
+
+
+def plain_stylegan2():
+    from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+
+    c = SG2
+    G = StyleGAN2Generator(32, 1, c["channel_base"], c["channel_max"], c["mapping_layers"], c["z_dim"], c["w_dim"])
+    D = StyleGAN2Discriminator(32, 1, c["channel_base"], c["channel_max"], mapping_layers=c["mapping_layers"])
+    return G, D, c["z_dim"]
+
+
+def plain_stylegan2_worker(root: str, batch: int, threads: int, tick: int, ticks: int) -> dict:
+    """StyleGAN2's four phases by hand, the same arithmetic as distgan's step: D main (fakes from a no-grad
+    G that moves w_avg), lazy R1 (x interval, Adam corrected by k/(k+1)), G main (D frozen), lazy path
+    length on half the batch (x interval, corrected); per-pixel noise and style mixing drawn batch-wise
+    from torch's global generator (distgan draws them per sample from (seed, stream, index))."""
+    import math
+
+    import torchvision
+    import torchvision.transforms.functional as TF
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.as_tensor(torchvision.datasets.FashionMNIST(root, train=True).data).unsqueeze(1)
+    x = TF.resize(x, [32, 32], antialias=True)  # uint8, as distgan's dataset.image_size=32
+    G, D, nz = plain_stylegan2()
+    c = SG2
+    cd, cg = c["r1_every"] / (c["r1_every"] + 1), c["pl_every"] / (c["pl_every"] + 1)
+    opt_g = torch.optim.Adam(G.parameters(), lr=c["lr"] * cg, betas=tuple(b**cg for b in c["betas"]), fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=c["lr"] * cd, betas=tuple(b**cd for b in c["betas"]), fused=True)
+    pl_mean = torch.zeros([])
+
+    def draws(n):
+        noise = [torch.randn(n, 1, r, r) for r in G.noise_resolutions]
+        mixed = torch.rand(n) < c["mixing"]
+        cutoff = torch.where(mixed, torch.randint(1, G.num_ws, (n,)), torch.full((n,), G.num_ws))
+        return dict(noise=noise, mixing=(torch.randn(n, nz), cutoff))
+
+    perm, pos, times, cpu, losses = torch.randperm(len(x)), 0, [], [], []
+    for step in range(1, tick * ticks + 1):
+        if pos + batch > len(x):
+            perm, pos = torch.randperm(len(x)), 0
+        real = x[perm[pos:pos + batch]].float().div_(127.5).sub_(1.0)
+        pos += batch
+        with torch.no_grad():
+            fake = G(torch.randn(batch, nz), update_w_avg=True, **draws(batch))
+        G.flush_w_avg()
+        loss_d = F.softplus(-D(real)).mean() + F.softplus(D(fake)).mean()
+        loss_d.backward()
+        opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
+        if (step - 1) % c["r1_every"] == 0:
+            xr = real.detach().requires_grad_(True)
+            logits = D(xr)
+            (grad,) = torch.autograd.grad(logits.sum(), xr, create_graph=True)
+            r1 = grad.square().sum([1, 2, 3]).mean() * (c["r1_gamma"] / 2)
+            (r1 * c["r1_every"] + logits.mean() * 0).backward()
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+        D.requires_grad_(False)
+        loss_g = F.softplus(-D(G(torch.randn(batch, nz), **draws(batch)))).mean()
+        loss_g.backward()
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        if (step - 1) % c["pl_every"] == 0:
+            n = batch // c["pl_shrink"]
+            img, ws = G(torch.randn(n, nz), return_ws=True, **draws(n))
+            y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+            (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+            lengths = grad.square().sum(2).mean(1).sqrt()
+            penalty = (lengths - pl_mean).square().mean() * c["pl_weight"]
+            pl_mean = pl_mean.lerp(lengths.detach().mean(), 0.01)
+            (penalty * c["pl_every"] + img.sum() * 0).backward()
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+        D.requires_grad_(True)
+        if step % tick == 0:
+            losses.append((loss_d.item(), loss_g.item()))
+            times.append(time.perf_counter())
+            cpu.append(time.process_time())
+    return {"times": times, "cpu": cpu, "rss_mb": _peak_rss_mb(), "params": _count(G, D), "last_loss": losses[-1]}
+
+
 def plain_worker(model: str, root: str, batch: int, threads: int, tick: int, ticks: int) -> dict:
     """The reference loop. Same arithmetic as distgan: a no-grad G forward for the D step, D frozen
     in the G step, fresh z per phase, BCE on logits, Adam(2e-4, (0.5, 0.999)), losses read per tick."""
     import torchvision
 
+    if model == "stylegan2":
+        return plain_stylegan2_worker(root, batch, threads, tick, ticks)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.as_tensor(torchvision.datasets.FashionMNIST(root, train=True).data).unsqueeze(1)  # uint8
@@ -113,8 +214,9 @@ def distgan_config(model: str, root: str, batch: int, workers: int, threads: int
                  # dcgan: the network of plain_models (width 64, no norm in D, no G_ema), not the default
                  # model's width-16 recipe, so that (a) and (b) train the same networks
                  *(("model.width=64", "model.norm_d=none") if model == "dcgan" else ()),
+                 *(SG2_OVERRIDES if model == "stylegan2" else ()),
                  # the plain loop's optimiser and no G_ema (the default job's tuned settings are not the point)
-                 "train.lr_g=2e-4", "train.lr_d=2e-4", "train.ema_kimg=0", *extra]
+                 *(() if model == "stylegan2" else ("train.lr_g=2e-4", "train.lr_d=2e-4")), "train.ema_kimg=0", *extra]
     return validate(load_config(overrides, run_dir))
 
 
@@ -174,7 +276,8 @@ def same_networks(model: str, root: str) -> tuple[list[int], list[int]]:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = distgan_config(model, root, 64, 1, 1, 1, 1, tmp)
-    return _count(*plain_models(model)[:2]), _count(*build_models(cfg.model, (1, 28, 28)))
+    shape = (1, 32, 32) if model == "stylegan2" else (1, 28, 28)
+    return _count(*plain_models(model)[:2]), _count(*build_models(cfg.model, shape))
 
 
 def run_case(case: str, model: str, args, root: str) -> dict:
@@ -257,7 +360,7 @@ def _tree_cpu_s(pid: int) -> float | None:
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a few steps per case: plumbing only, numbers meaningless")
-    p.add_argument("--models", default="mlp,dcgan")
+    p.add_argument("--models", default="mlp,dcgan,stylegan2")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
     p.add_argument("--batch", type=int, default=64, help="global batch")
     p.add_argument("--threads", type=int, default=1, help="torch threads of (a) and (b); (c) uses 1 per worker")
@@ -265,13 +368,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--measure", type=int, default=6, help="timed log ticks")
     p.add_argument("--tick-mlp", type=int, default=25, help="steps per log tick, mlp")
     p.add_argument("--tick-dcgan", type=int, default=10, help="steps per log tick, dcgan")
+    p.add_argument("--tick-stylegan2", type=int, default=16, help="steps per log tick, stylegan2 (one lazy R1 each)")
     p.add_argument("--startup-runs", type=int, default=None, help="CLI start-up timings (default: one per round)")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.warm, args.measure, args.tick_mlp, args.tick_dcgan = 1, 1, 1, 2, 2
-    args.tick = {"mlp": args.tick_mlp, "dcgan": args.tick_dcgan}
+        args.rounds, args.warm, args.measure, args.tick_mlp, args.tick_dcgan, args.tick_stylegan2 = 1, 1, 1, 2, 2, 2
+    args.tick = {"mlp": args.tick_mlp, "dcgan": args.tick_dcgan, "stylegan2": args.tick_stylegan2}
     args.startup_runs = args.rounds if args.startup_runs is None else args.startup_runs
     return args
 
@@ -311,8 +415,8 @@ def _f(x: float | None) -> str:
 def report(args, models, runs, startup, load) -> dict:
     out = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "torch": torch.__version__,
            "cpus": os.cpu_count(), "load_1min": load, "rows": [], "ratios": [], "startup": startup}
-    print(f"\nThroughput, Fashion-MNIST 28 px, global batch {args.batch}, {args.rounds} alternating round(s), "
-          f"median; 1-min load {min(load):.2f}..{max(load):.2f}")
+    print(f"\nThroughput, Fashion-MNIST 28 px (stylegan2: 32 px), global batch {args.batch}, {args.rounds} alternating "
+          f"round(s), median; 1-min load {min(load):.2f}..{max(load):.2f}")
     print(f"{'model':6s} {'case':24s} {'workers':>7s} {'threads':>7s} {'img/s':>8s} {'min..max':>15s} "
           f"{'img/CPU-s':>10s} {'peak RSS/worker':>15s}")
     med, cpu = {}, {}

@@ -3,7 +3,8 @@
 Workers receive a plain :class:`Config` dataclass, never a ``DictConfig``. :func:`validate`, which the
 launcher calls before any worker or job starts, checks the settings every run shares here and hands the
 rest to their owners: the cluster backend (distgan/launcher/backends.py), the dataset and the model
-registries (distgan/data, distgan/models) and the loss registry (distgan/losses.py).
+registries (distgan/data, distgan/models), the loss registry (distgan/losses.py) and the augmentations
+(distgan/augment).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ LR_DECAYS = ("none", "linear", "cosine")
 G_ACTIVATIONS = ("leaky_relu", "relu")
 NORMS = ("batch", "none")
 EVAL_MODES = ("inline", "async")
+AUGMENTS = ("none", "ada", "diffaugment")  # distgan.augment.AUGMENTS
 
 
 @dataclass
@@ -53,7 +55,7 @@ class ClusterConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"  # mlp | dcgan | resnet
+    name: str = "dcgan"  # mlp | dcgan | resnet | stylegan2
     latent_dim: int = 64  # size of z
     width: int = 64  # base channel count (conv) / unit multiplier (mlp)
     dropout: float = 0.0  # D dropout (mlp only)
@@ -62,6 +64,14 @@ class ModelConfig:
     norm_d: str = "none"  # D normalisation: batch | none
     spectral_norm: bool = False  # spectral normalisation on every D layer
     conditional: bool = False  # class-conditional G (class embedding + z) and projection D; labelled data only
+    # --- stylegan2 ---
+    resolution: int | None = None  # image side; null = the data's (dataset.image_size); must match it
+    channel_base: int | None = None  # feature maps = min(channel_base / res, channel_max); null = 16384 (<512 px)
+    channel_max: int = 512  # or 32768 (StyleGAN2-ADA's paper256/auto plans; config F at 512+ px)
+    mapping_layers: int = 8  # FC layers of the mapping network (and of D's label mapping)
+    w_dim: int = 512  # size of w (z is model.latent_dim)
+    fused_modconv: bool = True  # modulated conv as one grouped conv (False: scale, shared conv, scale)
+    mbstd_group: int = 4  # D's minibatch-std group (contiguous samples); must divide every micro-batch
 
 
 @dataclass
@@ -103,7 +113,19 @@ class TrainConfig:
     compile: bool = False  # torch.compile G (and D unless a gradient penalty needs double backward); CUDA only
     ema_kimg: float = 0.0  # G_ema half-life in thousands of images; 0 = no EMA
     r1_gamma: float = 0.0  # R1 penalty weight on real data; 0 = off
-    r1_interval: int = 16  # lazy R1: every this many D steps
+    r1_interval: int = 16  # lazy D reg (R1, R2): every this many D steps
+    r2_gamma: float = 0.0  # R2 penalty weight on fakes (loss=rpgan, R3GAN); 0 = off
+    pl_weight: float = 0.0  # path-length regularisation weight (stylegan2; StyleGAN2: 2); 0 = off
+    pl_interval: int = 4  # lazy G reg: every this many G steps
+    pl_batch_shrink: int = 2  # the path-length batch is train.batch_size / this
+    pl_decay: float = 0.01  # running-mean decay of the path lengths
+    style_mixing: float = 0.0  # stylegan2: probability that a fake mixes two latents (StyleGAN2: 0.9)
+    augment: str = "none"  # none | ada | diffaugment: applied to every image D sees, real and fake
+    augment_p: float | None = None  # null: ada starts at 0, diffaugment applies each op with p = 1
+    ada_target: float = 0.6  # ADA: target of r_t = E[sign(D(real))]
+    ada_interval: int = 4  # ADA: D steps between updates of p (the statistic all-reduced over the ranks)
+    ada_kimg: float = 500  # ADA: thousands of images for p to move by 1
+    batch_per_gpu: int | None = None  # micro-batch per worker (gradient accumulation); null = the worker's share
     log_every: int = 50  # steps between log ticks (TensorBoard scalars, progress)
     sample_every: int = 500  # steps between sample grids
     checkpoint_every: int = 500  # steps between checkpoints
@@ -158,10 +180,11 @@ def _check_train(t: TrainConfig) -> None:
     for name in ("steps", "batch_size", "n_critic", "log_every", "sample_every", "checkpoint_every",
                  "num_sample_images", "r1_interval", "keep_checkpoints", "lr_g", "lr_d"):
         _positive(f"train.{name}", getattr(t, name))
-    for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples"):
+    for name in ("ema_kimg", "r1_gamma", "eval_every", "keep_samples", "r2_gamma", "pl_weight"):
         if getattr(t, name) < 0:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
     _one_of("train.eval_mode", t.eval_mode, EVAL_MODES)
+    _check_issue13_train(t)
     if not 0.0 <= t.lr_decay_start < 1.0:
         raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
 
@@ -177,6 +200,36 @@ def check_metrics(m: MetricsConfig) -> None:
     _positive("metrics.batch_size", m.batch_size)
     if m.kid_pr_samples < 4:
         raise UserError(f"metrics.kid_pr_samples must be at least 4, got {m.kid_pr_samples!r}")
+def _check_issue13_train(t: TrainConfig) -> None:
+    """Augmentation, path length, style mixing, accumulation: the settings that need no other group."""
+    _one_of("train.augment", t.augment, AUGMENTS)
+    for name in ("pl_interval", "pl_batch_shrink", "ada_interval", "ada_kimg", "pl_decay"):
+        _positive(f"train.{name}", getattr(t, name))
+    if t.batch_per_gpu is not None:
+        _positive("train.batch_per_gpu", t.batch_per_gpu)
+    for name in ("style_mixing", "ada_target", "pl_decay") + (("augment_p",) if t.augment_p is not None else ()):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise UserError(f"train.{name} must be in [0, 1], got {getattr(t, name)!r}")
+
+
+def micro_batch(t: TrainConfig, workers: int) -> tuple[int, int]:
+    """(micro-batch size, micro-batches per phase) of each worker: ``train.batch_per_gpu`` (null: the
+    worker's whole share of ``train.batch_size``)."""
+    local = t.batch_size // workers
+    micro = t.batch_per_gpu or local
+    return micro, local // micro
+
+
+def _check_batches(cfg: Config, workers: int) -> None:
+    """The per-worker batch splits into equal micro-batches, and the path-length batch too."""
+    t, local = cfg.train, cfg.train.batch_size // workers
+    if t.batch_per_gpu is not None and (t.batch_per_gpu > local or local % t.batch_per_gpu):
+        raise UserError(f"train.batch_per_gpu={t.batch_per_gpu} does not divide the per-worker batch {local} "
+                        f"(train.batch_size={t.batch_size} over {workers} workers); use a divisor of {local}")
+    micro, _ = micro_batch(t, workers)
+    if t.pl_weight > 0 and micro % t.pl_batch_shrink:
+        raise UserError(f"train.pl_batch_shrink={t.pl_batch_shrink} must divide the micro-batch {micro} "
+                        "(train.batch_per_gpu, or the per-worker batch)")
 
 
 def _check_model_settings(m: ModelConfig) -> None:
@@ -186,6 +239,9 @@ def _check_model_settings(m: ModelConfig) -> None:
         if getattr(m, name) not in NORMS:
             raise UserError(f"model.{name} must be 'batch' or 'none', got {getattr(m, name)!r}")
     _one_of("model.activation_g", m.activation_g, G_ACTIVATIONS)
+    for name in ("channel_max", "mapping_layers", "w_dim", "mbstd_group", "channel_base"):
+        if name != "channel_base" or m.channel_base is not None:  # null: the resolution's default plan
+            _positive(f"model.{name}", getattr(m, name))
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
 
@@ -207,11 +263,14 @@ def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
     if cfg.train.batch_size % workers:
         raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over {workers} workers; "
                         f"use a multiple of {workers}")
-    from distgan import data, losses, models  # the registries: these import torch
+    _check_batches(cfg, workers)
+    from distgan import augment, data, losses, models  # the registries: these import torch
 
     data.check(cfg)
     models.check(cfg)
-    losses.spec(cfg.loss.name)
+    models.check_micro_batch(cfg, micro_batch(cfg.train, workers)[0])
+    losses.check(cfg)
+    augment.check(cfg)
     from distgan.metrics.features import FEATURES
 
     _one_of("metrics.features", cfg.metrics.features, tuple(FEATURES))

@@ -2,9 +2,10 @@
 
 :class:`TrainState` is the full training state (DDP GAN training loses work when a resume drops the
 optimizers' moments or the step): the networks, G_ema, both optimizers, the fp16 scaler, the step, the
-CPU RNG, the config, the data shape, the fixed sample latents and the skip counters. ``checkpoint.py``
-writes it atomically with a sha256; here it becomes a plain dict of tensors and numbers (so
-``torch.load(weights_only=True)`` can read it) and back.
+CPU RNG, the config, the data shape, the fixed sample latents, the skip counters, ADA's augmentation
+probability with its partial statistic and the path-length running mean (StyleGAN2-ADA saves neither).
+``checkpoint.py`` writes it atomically with a sha256; here it becomes a plain dict of tensors and numbers
+(so ``torch.load(weights_only=True)`` can read it) and back.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class TrainState:
     fixed_y: torch.Tensor | None = None  # and labels (conditional models)
     skipped_steps: int = 0  # updates skipped for non-finite gradients (train.skip_nonfinite)
     skipped_images: int = 0  # images that failed to decode and were replaced (dataset.skip_bad)
+    augment: dict[str, Any] | None = None  # train.augment=ada: p, r_t and the sums since the last update of p
+    path_length: dict[str, Any] | None = None  # train.pl_weight > 0: the running mean of the path lengths
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it deep-copies tensors

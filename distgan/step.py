@@ -1,18 +1,21 @@
-"""One GAN step as phases: D main (n_critic times), D reg (lazy R1), G main.
+"""One GAN step as phases: D main (n_critic times), D reg (lazy R1 / R2), G main, G reg (lazy path length).
 
 Each phase trains one network through its DDP wrapper and calls the other network *unwrapped* with
 its parameters frozen, so a G step never all-reduces D's gradients and vice versa (docs/design.md).
 Penalties use ``autograd.grad`` on the inputs, then one ordinary backward, with ``output * 0`` added so
-every DDP bucket fires. Every call of D passes through :meth:`GANStep.discriminate`. Every random draw
-(z, fake labels, WGAN-GP's interpolation weights) is this rank's slice of a global batch derived from
-(seed, stream, counter) (distgan/rng.py), so W workers x B/W take the same step as 1 worker x B.
+every DDP bucket fires. Every call of D passes through :meth:`GANStep.discriminate`, which applies the
+augmentation (``train.augment``). Every random draw (z, fake labels, WGAN-GP's interpolation weights,
+StyleGAN2's noise maps and style mixing, augmentations, path-length directions) is a function of (seed,
+stream, global sample index) (distgan/rng.py), so W workers x B/W take the same step as 1 worker x B.
+
+Gradient accumulation (``train.batch_per_gpu``): each phase runs the worker's batch as equal micro-batches,
+each loss weighted by micro / local, under DDP's ``no_sync`` for all but the last, so the one all-reduce
+and the one update give the un-accumulated step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,11 +23,21 @@ import torch
 from torch import nn
 
 from distgan import dist
-from distgan.config import Config, TrainConfig
+from distgan.augment import Augmenter
+from distgan.config import TrainConfig
 from distgan.losses import Loss
-from distgan.rng import Stream, local_labels, local_noise
+from distgan.models.stylegan2_draws import mixing, noise_maps
+from distgan.optim import (  # noqa: F401 - re-exported: the step's building blocks
+    accelerate,
+    autocast,
+    build_optimizers,
+    build_schedulers,
+    call,
+    lr_factor,
+)
+from distgan.regularizers import PathLengthPenalty, input_gradient_sq, path_length_noise
+from distgan.rng import Stream, first_index, local_labels, local_noise
 
-log = logging.getLogger("distgan")
 RealBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]  # counter -> (x, labels or None)
 
 
@@ -39,12 +52,14 @@ class PhaseStats:
 
 @dataclass
 class StepStats:
-    """What one generator step reports: the last D phase's numbers, G's loss, and the mean R1 penalty of
-    the D steps that ran it (None when none did)."""
+    """What one generator step reports: the last D phase's numbers, G's loss, and the mean R1 / R2 penalty
+    of the D reg phases and the path-length loss of the G reg phase that ran in it (None when none did)."""
 
     d: PhaseStats
     loss_g: torch.Tensor
     r1: torch.Tensor | None = None
+    r2: torch.Tensor | None = None
+    pl: torch.Tensor | None = None
 
 
 @dataclass
@@ -67,93 +82,16 @@ class StepContext:
     latent_dim: int
     num_classes: int = 0  # > 0: a conditional G and D trained on labelled data
     channels_last: bool = False  # real batches converted to channels_last (conv models on CUDA)
+    style: bool = False  # G has a mapping network: noise maps, style mixing, path length (stylegan2)
 
 
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def call(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """``net(x)``, or ``net(x, y)`` for a conditional network."""
-    return net(x) if y is None else net(x, y)
-
-
-def input_gradient_sq(outputs: torch.Tensor, inputs: torch.Tensor, scaler) -> torch.Tensor:
-    """Per-sample ||dD(x)/dx||² with a graph for the double backward, correct under fp16 loss scaling:
-    the scaled outputs are differentiated (no underflow), then the gradient is unscaled."""
-    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-    (grad,) = torch.autograd.grad(_wide(outputs).sum() * scale, inputs, create_graph=True)
-    return (_wide(grad) / scale).flatten(1).pow(2).sum(1)
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32 for sums and squares; fp32 and fp64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def build_optimizers(G: nn.Module, D: nn.Module, t: TrainConfig):
-    """Adam for G and D (separate learning rates: TTUR). Lazy R1 runs every ``r1_interval`` D steps with
-    its loss multiplied by the interval; StyleGAN2's correction c = k/(k+1) of lr and betas keeps D's
-    effective optimizer the same as with a penalty at every step (Karras et al. 2020, appendix B)."""
-    c = t.r1_interval / (t.r1_interval + 1) if t.r1_gamma > 0 else 1.0
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=_fusable(G))
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d * c, betas=(t.beta1**c, t.beta2**c), fused=_fusable(D))
-    return opt_g, opt_d
-
-
-def lr_factor(t: TrainConfig, step: int) -> float:
-    """Multiplier of both learning rates for G step ``step`` (0-based): 1 until ``lr_decay_start`` x
-    ``steps``, then a linear or half-cosine fall that would reach 0 at ``steps``. A pure function of the
-    step, so it is the same on every rank and after a resume."""
-    if t.lr_decay == "none":
-        return 1.0
-    start = t.lr_decay_start * t.steps
-    frac = min(max((step - start) / max(t.steps - start, 1), 0.0), 1.0)
-    return 1.0 - frac if t.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def build_schedulers(opt_g, opt_d, t: TrainConfig, first_step: int = 0) -> list:
-    """torch's LambdaLR over :func:`lr_factor`, stepped once per G step (after the n_critic D steps).
-    Built after a resume with ``first_step`` = the resumed step: the factor depends on the step alone,
-    so nothing about the schedule needs saving (the optimizers' state keeps the base rates). None at all
-    without a decay: the loop then leaves the rates alone."""
-    if t.lr_decay == "none":
-        return []
-    return [torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(t, first_step + k)) for opt in (opt_g, opt_d)]
-
-
-def _fusable(net: nn.Module) -> bool:
-    """Fused Adam (one kernel per step instead of ~10 per tensor): same update to ~1e-8, ~4x cheaper on
-    CPU, where the for-loop Adam was ~15 % of an MLP step (docs/benchmarks.md)."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in net.parameters())
-
-
-def accelerate(G: nn.Module, D: nn.Module, cfg: Config, device: torch.device, penalty: bool) -> bool:
-    """On CUDA: channels_last for conv models and, with ``train.compile``, torch.compile in place (state
-    dict keys unchanged). D is not compiled when a penalty needs double backward, which torch.compile
-    does not support. Returns whether inputs should be channels_last."""
-    from distgan.models import spec
-
-    if device.type != "cuda":
-        return False
-    channels_last = spec(cfg.model.name).channels_last
-    if channels_last:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        G.compile()
-        if penalty:
-            log.info("train.compile: D left uncompiled (its gradient penalty needs double backward)")
-        else:
-            D.compile()
-    return channels_last
+def _rows(x: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
+    return None if x is None else x[sl]
 
 
 class GANStep:
-    """``train_step(step, real_batch)``: n_critic D steps (each maybe followed by lazy R1), then one G step.
+    """``train_step(step, real_batch)``: n_critic D steps (each maybe followed by lazy R1/R2), one G step,
+    maybe followed by the lazy path-length penalty.
 
     ``guard`` (a :class:`distgan.nonfinite.NonFiniteGuard`) may veto an update before it lands."""
 
@@ -163,6 +101,12 @@ class GANStep:
         self.loss, self.cfg, self.ctx, self.guard = loss, cfg, ctx, guard
         self.device, self.scaler = ctx.device, ctx.scaler
         self.rank, self.world = dist.rank(), dist.world_size()
+        self.micro = cfg.batch_per_gpu  # None: the whole batch at once; validated: divides the worker's batch
+        self.first = first_index(cfg.batch_size, self.rank, self.world)  # global index of this rank's row 0
+        self.augment = Augmenter.from_config(cfg, self.device)
+        self.pl = PathLengthPenalty(cfg.pl_decay, cfg.pl_weight) if cfg.pl_weight > 0 else None
+        self.d_reg_on = cfg.r1_gamma > 0 or cfg.r2_gamma > 0
+        self._fakes: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # D main's, for R2 in D reg
 
     # ---- world-size-invariant draws: this rank's slice of the global batch
     def noise(self, stream: Stream, counter: int, dim: int | None = None, uniform: bool = False) -> torch.Tensor:
@@ -175,10 +119,23 @@ class GANStep:
         return local_labels(self.cfg.seed, stream, counter, self.cfg.batch_size, self.ctx.num_classes,
                             self.rank, self.world, self.device)
 
+    def generate(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor | None, counter: int, first: int,
+                 noise_stream: Stream | None = None, mix_stream: Stream | None = None, **style) -> torch.Tensor:
+        """G's output for latents whose first row is global sample ``first``. A style G also gets its
+        per-sample noise maps and style mixing (probability ``train.style_mixing``) from the two streams,
+        and ``style`` (``update_w_avg``, ``return_ws``)."""
+        if not self.ctx.style:
+            return call(net, z, y)
+        seed, n = self.cfg.seed, z.shape[0]
+        noise = noise_maps(self.G.noise_resolutions, seed, noise_stream, counter, first, n, self.device)
+        mix = (mixing(self.G.num_ws, z.shape[1], seed, mix_stream, counter, first, n, self.cfg.style_mixing,
+                      self.device) if self.cfg.style_mixing > 0 else None)
+        return net(z, y, noise=noise, mixing=mix, **style)
+
     def train_step(self, step: int, real_batch: RealBatch) -> StepStats:
         """Generator step ``step`` (0-based). D step ``counter`` indexes the data, the D draws and the R1
         schedule, so a resumed run continues them exactly."""
-        t, r1 = self.cfg, []
+        t, r1, r2 = self.cfg, [], []
         for k in range(t.n_critic):
             counter = step * t.n_critic + k
             real, y_real = real_batch(counter)
@@ -188,70 +145,197 @@ class GANStep:
                 raise ValueError("a conditional model needs labels for the real data")
             y_real = y_real if self.ctx.num_classes else None
             alpha = self.noise(Stream.ALPHA, counter, 1, uniform=True) if self.loss.needs_gradient_penalty else None
-            d = self.d_main(real, y_real, self.noise(Stream.Z_D, counter), self.fake_labels(Stream.Y_D, counter), alpha)
-            if t.r1_gamma > 0 and counter % t.r1_interval == 0:
-                r1.append(self.d_r1(real, y_real))
-        loss_g = self.g_main(self.noise(Stream.Z_G, step), self.fake_labels(Stream.Y_G, step))
-        return StepStats(d, loss_g, torch.stack(r1).mean() if r1 else None)
+            d = self.d_main(real, y_real, self.noise(Stream.Z_D, counter), self.fake_labels(Stream.Y_D, counter),
+                            alpha, counter)
+            if self.d_reg_on and counter % t.r1_interval == 0:
+                p1, p2 = self.d_reg(real, y_real, counter)
+                r1 += [p1] if p1 is not None else []
+                r2 += [p2] if p2 is not None else []
+            self.augment.step(counter)  # ADA: p moves every ada_interval D steps (all-reduced)
+        loss_g = self.g_main(self.noise(Stream.Z_G, step), self.fake_labels(Stream.Y_G, step), step, real, y_real)
+        pl = self.g_reg(step) if self.pl is not None and step % t.pl_interval == 0 else None
+        return StepStats(d, loss_g, torch.stack(r1).mean() if r1 else None, torch.stack(r2).mean() if r2 else None,
+                         pl)
 
     # ---- the one funnel of D calls
-    def discriminate(self, x: torch.Tensor, y: torch.Tensor | None, training_d: bool) -> torch.Tensor:
-        """D's logits for ``x``: through the DDP wrapper in D's phases (``training_d``), the bare module
-        in G's (no DDP hooks, no gradient sync). Every D call of a step passes here."""
+    def discriminate(self, x: torch.Tensor, y: torch.Tensor | None, training_d: bool, counter: int = 0,
+                     first: int = 0, aug_stream: Stream | None = None) -> torch.Tensor:
+        """D's logits for ``x`` after the augmentation (``train.augment``; drawn per global sample index
+        from ``aug_stream``, ``counter`` and ``first``, the global index of x's first row): through the DDP
+        wrapper in D's phases (``training_d``), the bare module in G's (no DDP hooks, no gradient sync).
+        Every D call of a step passes here."""
+        if aug_stream is not None:
+            x = self.augment(x, aug_stream, counter, first)
+        elif self.augment.kind != "none":
+            raise ValueError("an augmented run needs the augmentation stream of every D call")
         return call(self.D_ddp if training_d else self.D, x, y)
 
-    # ---- phases
-    def _optimize(self, opt, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+    # ---- accumulation and updates
+    def _rounds(self, n: int, micro: int | None):
+        """(slice, loss weight, last) of each micro-batch of a worker's batch of ``n`` rows (one: ``micro``
+        None)."""
+        micro = micro or n
+        if n % micro:
+            raise ValueError(f"train.batch_per_gpu={micro} does not divide the per-worker batch {n}")
+        k = n // micro
+        for i in range(k):
+            yield slice(i * micro, (i + 1) * micro), (1.0 if k == 1 else micro / n), i == k - 1
+
+    @staticmethod
+    def _sync(ddp: nn.Module, last: bool):
+        """DDP's gradient all-reduce on the last micro-batch only (forward and backward inside)."""
+        if last or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
+    def _backward(self, loss: torch.Tensor, weight: float) -> None:
+        self.scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+
+    def _update(self, opt, loss: torch.Tensor) -> None:
         if self.guard is None or self.guard.ok("D" if opt is self.opt_d else "G", opt, loss):
             self.scaler.step(opt)
             self.scaler.update()
         opt.zero_grad(set_to_none=True)
 
+    def _optimize(self, opt, loss: torch.Tensor) -> None:
+        self._backward(loss, 1.0)
+        self._update(opt, loss)
+
+    # ---- phases
     def d_main(self, real: torch.Tensor, y_real: torch.Tensor | None, z: torch.Tensor,
-               y_fake: torch.Tensor | None, alpha: torch.Tensor | None = None) -> PhaseStats:
-        """``alpha``: WGAN-GP interpolation weights, one per sample (drawn per global sample index)."""
-        with torch.no_grad(), autocast(self.cfg.precision, self.device):
-            fake = call(self.G, z, y_fake)  # unwrapped G: no DDP hooks, no gradient
-        self.D.requires_grad_(True)
-        with autocast(self.cfg.precision, self.device):
-            real_logits = self.discriminate(real, y_real, training_d=True)
-            fake_logits = self.discriminate(fake, y_fake, training_d=True)
-            loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
-        if self.loss.needs_gradient_penalty:
-            loss = loss + self.loss.gp_weight * self._gradient_penalty(real, fake, alpha, y_real)
-        self._optimize(self.opt_d, loss)
-        return PhaseStats(loss.detach(), real_logits.detach().float().mean(),
-                          fake_logits.detach().float().mean())
+               y_fake: torch.Tensor | None, alpha: torch.Tensor | None = None, counter: int = 0) -> PhaseStats:
+        """``alpha``: WGAN-GP interpolation weights, one per sample (drawn per global sample index). The
+        fakes are kept for R2 in the D reg phase of the same D step."""
+        t, self._fakes = self.cfg, []
+        losses, reals, fakes = [], [], []
+        for sl, weight, last in self._rounds(real.shape[0], self.micro):
+            first, yf, yr = self.first + sl.start, _rows(y_fake, sl), _rows(y_real, sl)
+            with torch.no_grad(), autocast(t.precision, self.device):  # unwrapped G: no DDP hooks, no gradient
+                fake = self.generate(self.G, z[sl], yf, counter, first, noise_stream=Stream.NOISE_D,
+                                     mix_stream=Stream.MIX_D, update_w_avg=True)
+            self.D.requires_grad_(True)
+            with self._sync(self.D_ddp, last):
+                with autocast(t.precision, self.device):
+                    real_logits = self.discriminate(real[sl], yr, True, counter, first, aug_stream=Stream.AUG_REAL)
+                    fake_logits = self.discriminate(fake, yf, True, counter, first, aug_stream=Stream.AUG_FAKE)
+                    loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
+                if self.loss.needs_gradient_penalty:
+                    loss = loss + self.loss.gp_weight * self._gradient_penalty(real[sl], fake, alpha[sl], yr,
+                                                                                 counter, first)
+                self._backward(loss, weight)
+            self.augment.observe(real_logits)
+            self._fakes.append((fake, yf))
+            losses.append(loss.detach())
+            reals.append(real_logits.detach().float().mean())
+            fakes.append(fake_logits.detach().float().mean())
+        if self.ctx.style:
+            self.G.flush_w_avg()  # once per D step, all-reduced: the same w_avg on every rank
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        self._update(self.opt_d, loss)
+        return PhaseStats(loss, *(x[0] if len(x) == 1 else torch.stack(x).mean() for x in (reals, fakes)))
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
-                          y: torch.Tensor | None) -> torch.Tensor:
+                          y: torch.Tensor | None, counter: int = 0, first: int = 0) -> torch.Tensor:
         """WGAN-GP: (||∇D(x̂)|| - 1)² on random interpolates x̂ (Gulrajani et al. 2017); conditional
         models score x̂ with the real labels."""
         alpha = alpha.view(real.shape[0], *([1] * (real.dim() - 1))).to(real.device)
         x_hat = (alpha * real + (1 - alpha) * fake.to(real.dtype)).detach().requires_grad_(True)
         with autocast(self.cfg.precision, self.device):
-            out = self.discriminate(x_hat, y, training_d=True)
+            out = self.discriminate(x_hat, y, True, counter, first, aug_stream=Stream.AUG_GP)
         grad_sq = input_gradient_sq(out, x_hat, self.scaler)
         # the epsilon keeps sqrt differentiable at a zero gradient
         return (grad_sq.add(1e-12).sqrt() - 1).pow(2).mean() + out.float().mean() * 0
 
-    def d_r1(self, real: torch.Tensor, y_real: torch.Tensor | None) -> torch.Tensor:
-        """Lazy R1 on real data (Mescheder et al. 2018): γ/2 E||∇D(x)||², times the interval (StyleGAN2)."""
+    def d_reg(self, real: torch.Tensor, y_real: torch.Tensor | None, counter: int = 0):
+        """Lazy R1 on reals (Mescheder et al. 2018) and R2 on D main's fakes (R3GAN): γ/2 E||∇D(x)||² each,
+        times the interval (StyleGAN2), in fp32. Returns the two penalties (None for one that is off)."""
+        t = self.cfg
         self.D.requires_grad_(True)
-        real = real.detach().requires_grad_(True)
-        with autocast(self.cfg.precision, self.device):
-            logits = self.discriminate(real, y_real, training_d=True)
-        penalty = input_gradient_sq(logits, real, self.scaler).mean() * (self.cfg.r1_gamma / 2)
-        # `logits * 0` puts every D parameter in the graph so each DDP bucket fires (pytorch #63812)
-        self._optimize(self.opt_d, penalty * self.cfg.r1_interval + logits.float().mean() * 0)
-        return penalty.detach()
+        r1s, r2s = [], []
+        for (sl, weight, last), (fake, yf) in zip(self._rounds(real.shape[0], self.micro),
+                                                   self._fakes or [(None, None)] * real.shape[0]):
+            first, loss, anchor = self.first + sl.start, 0.0, 0.0
+            with self._sync(self.D_ddp, last):
+                if t.r1_gamma > 0:
+                    x = real[sl].detach().requires_grad_(True)
+                    logits = self.discriminate(x, _rows(y_real, sl), True, counter, first,
+                                               aug_stream=Stream.AUG_REAL_REG)
+                    r1s.append(input_gradient_sq(logits, x, self.scaler).mean() * (t.r1_gamma / 2))
+                    loss, anchor = r1s[-1], logits.float().mean() * 0
+                if t.r2_gamma > 0:
+                    x = fake.detach()  # bf16/fp16 fakes of D main become fp32 here; fp32/fp64 stay
+                    x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).requires_grad_(True)
+                    logits = self.discriminate(x, yf, True, counter, first, aug_stream=Stream.AUG_FAKE_REG)
+                    r2s.append(input_gradient_sq(logits, x, self.scaler).mean() * (t.r2_gamma / 2))
+                    loss, anchor = loss + r2s[-1], anchor + logits.float().mean() * 0
+                # `logits * 0` puts every D parameter in the graph so each DDP bucket fires (pytorch #63812)
+                total = loss * t.r1_interval + anchor
+                self._backward(total, weight)
+        self._update(self.opt_d, total.detach())
+        return tuple((x[0] if len(x) == 1 else torch.stack(x).mean()).detach() if x else None for x in (r1s, r2s))
 
-    def g_main(self, z: torch.Tensor, y_fake: torch.Tensor | None) -> torch.Tensor:
+    def d_r1(self, real: torch.Tensor, y_real: torch.Tensor | None, counter: int = 0) -> torch.Tensor:
+        """The D reg phase with R1 alone (the loss's penalty γ/2 E||∇D(x)||², before the interval factor)."""
+        return self.d_reg(real, y_real, counter)[0]
+
+    def g_main(self, z: torch.Tensor, y_fake: torch.Tensor | None, step: int = 0, real: torch.Tensor | None = None,
+               y_real: torch.Tensor | None = None) -> torch.Tensor:
+        """G through DDP, D frozen. A loss that pairs fakes with reals (``g_needs_real``) also scores
+        ``real`` (the last D step's batch) with D, without gradient."""
+        t, losses = self.cfg, []
         self.D.requires_grad_(False)  # frozen: no D gradients computed, none all-reduced
-        with autocast(self.cfg.precision, self.device):
-            fake = call(self.G_ddp, z, y_fake)
-            loss = self.loss.g_loss(self.discriminate(fake, y_fake, training_d=False).float())
-        self._optimize(self.opt_g, loss)
+        for sl, weight, last in self._rounds(z.shape[0], self.micro):
+            first, yf = self.first + sl.start, _rows(y_fake, sl)
+            with self._sync(self.G_ddp, last):
+                with autocast(t.precision, self.device):
+                    fake = self.generate(self.G_ddp, z[sl], yf, step, first, noise_stream=Stream.NOISE_G,
+                                         mix_stream=Stream.MIX_G)
+                    fake_logits = self.discriminate(fake, yf, False, step, first, aug_stream=Stream.AUG_FAKE_G)
+                    real_logits = None
+                    if self.loss.g_needs_real:
+                        with torch.no_grad():
+                            real_logits = self.discriminate(real[sl], _rows(y_real, sl), False, step, first,
+                                                            aug_stream=Stream.AUG_REAL_G).float()
+                    loss = self.loss.g_loss(fake_logits.float(), real_logits)
+                self._backward(loss, weight)
+            losses.append(loss.detach())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        self._update(self.opt_g, loss)
         self.D.requires_grad_(True)
-        return loss.detach()
+        return loss
+
+    def g_reg(self, step: int) -> torch.Tensor:
+        """Lazy path-length regularisation (StyleGAN2, section 3.2) on its own global batch of
+        ``batch_size / pl_batch_shrink`` fakes, in fp32, times ``pl_interval``; pl_mean moves once per phase
+        from the lengths of the whole global batch (all-reduced). Returns the penalty (before the interval)."""
+        t = self.cfg
+        batch = t.batch_size // t.pl_batch_shrink
+        first0 = first_index(batch, self.rank, self.world)
+        z = local_noise(t.seed, Stream.Z_PL, step, batch, self.ctx.latent_dim, self.rank, self.world, self.device)
+        y = (local_labels(t.seed, Stream.Y_PL, step, batch, self.ctx.num_classes, self.rank, self.world, self.device)
+             if self.ctx.num_classes else None)
+        losses = []
+        micro = self.micro // t.pl_batch_shrink if self.micro else None  # validated: pl_batch_shrink divides it
+        for sl, weight, last in self._rounds(z.shape[0], micro):
+            first = first0 + sl.start
+            with self._sync(self.G_ddp, last):
+                img, ws = self.generate(self.G_ddp, z[sl], _rows(y, sl), step, first, noise_stream=Stream.NOISE_PL,
+                                        mix_stream=Stream.MIX_PL, return_ws=True)
+                direction = path_length_noise(tuple(img.shape[1:]), t.seed, Stream.PL_DIR, step, first, img.shape[0],
+                                              self.device)
+                loss = self.pl(img, ws, direction)
+                self._backward(loss * t.pl_interval, weight)
+            losses.append(loss.detach())
+        self.pl.flush()  # a collective, once per phase
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        self._update(self.opt_g, loss)
+        return loss
+
+    # ---- what a checkpoint keeps of the step
+    def state_dict(self) -> dict:
+        return {"augment": self.augment.state_dict(), "pl": self.pl.state_dict() if self.pl is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.augment.load_state_dict(state.get("augment"))
+        if self.pl is not None and state.get("pl") is not None:
+            self.pl.load_state_dict(state["pl"])

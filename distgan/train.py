@@ -2,7 +2,7 @@
 
 It imports neither Ray nor submitit: Ray workers, plain gloo test processes and a single process all
 call it; whatever a backend needs (metric reporting, checkpoint hand-off) comes in through ``hooks``.
-Read top to bottom: build -> resume -> prepare -> loop over steps (D phases, R1, G phase, EMA) -> ticks.
+Read top to bottom: build -> resume -> prepare -> loop over steps (D phases, D reg, G phase, G reg, EMA) -> ticks.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from distgan.losses import build_loss
 from distgan.metrics import Evaluator
 from distgan.metrics.watch import enqueue
 from distgan.models import build_models
+from distgan.models import spec as model_spec
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
 from distgan.rng import Stream, counter_generator
 from distgan.rundir import RunDir
@@ -43,6 +45,9 @@ from distgan.step import (
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]  # per rank and global, every log tick
 R1_STAT = "loss/R1"  # with train.r1_gamma > 0: the mean lazy-R1 penalty of the tick
+# the regularisers' means over the steps of a tick that ran them: (name, StepStats field, on for this config)
+REG_STATS = [(R1_STAT, "r1", lambda t: t.r1_gamma > 0), ("loss/R2", "r2", lambda t: t.r2_gamma > 0),
+             ("loss/PL", "pl", lambda t: t.pl_weight > 0)]
 log = logging.getLogger("distgan")
 
 
@@ -122,6 +127,7 @@ class Training:
         self.fixed_y = fixed_y.to(self.device) if fixed_y is not None else None
         self.step, self.skipped_at_start, self.metrics = 0, 0, {}
         self.skipped_images = self.skipped_images_at_start = 0  # dataset.skip_bad: all ranks, the whole run
+        self.step_state: dict = {}  # ADA's p and the path-length mean of a resumed run, for the GAN step
         self.writer = None
 
     # ------------------------------------------------------------------------------------ resume
@@ -152,6 +158,7 @@ class Training:
         if self.G_ema is not None and state.G_ema is not None:
             self.G_ema.load_state_dict(state.G_ema)
         torch.set_rng_state(state.rng_cpu)
+        self.step_state = {"augment": state.augment, "pl": state.path_length}
         self.step, self.skipped_at_start = int(state.step), int(state.skipped_steps)
         self.skipped_images = self.skipped_images_at_start = int(state.skipped_images)
         if self.rank == 0:
@@ -163,7 +170,8 @@ class Training:
         self.schedulers = build_schedulers(self.opt_g, self.opt_d, t, first_step=self.step)
         loss = build_loss(cfg.loss)
         channels_last = accelerate(self.G, self.D, cfg, self.device,
-                                   penalty=loss.needs_gradient_penalty or t.r1_gamma > 0)
+                                   penalty=loss.needs_gradient_penalty or t.r1_gamma > 0 or t.r2_gamma > 0,
+                                   g_penalty=t.pl_weight > 0)
         # NaN/Inf is caught at the update, before it reaches the weights (distgan/nonfinite.py); under fp16
         # GradScaler already skips overflowing updates, so only the log-tick loss check applies.
         self.guard = NonFiniteGuard(t.skip_nonfinite, enabled=t.precision != "fp16", where=lambda: (
@@ -172,8 +180,10 @@ class Training:
         self.gan = GANStep(Trainable(dist.wrap(self.G, self.device), self.opt_g),
                            Trainable(dist.wrap(self.D, self.device), self.opt_d), loss, t,
                            StepContext(self.device, self.scaler, cfg.model.latent_dim, self.num_classes,
-                                       channels_last), guard=self.guard)
-        self.stat_names = STAT_NAMES + ([R1_STAT] if t.r1_gamma > 0 else [])
+                                       channels_last, style=model_spec(cfg.model.name).style), guard=self.guard)
+        self.gan.load_state_dict(self.step_state)
+        self.reg_stats = [(name, field) for name, field, on in REG_STATS if on(t)]
+        self.stat_names = STAT_NAMES + [name for name, _ in self.reg_stats]
         self.acc = torch.zeros(len(self.stat_names), device=self.device)  # sums since the last tick
         self.counts = torch.zeros(len(self.stat_names), device=self.device)
         self.nonfinite = torch.zeros((), device=self.device)
@@ -209,9 +219,10 @@ class Training:
     def _accumulate(self, s: StepStats) -> None:
         values = [s.d.loss_d, s.loss_g, s.d.d_real, s.d.d_fake]
         present = torch.ones(len(self.stat_names), device=self.device)
-        if len(self.stat_names) > len(STAT_NAMES):  # R1 runs on some steps only
-            values.append(s.r1 if s.r1 is not None else torch.zeros((), device=self.device))
-            present[-1] = float(s.r1 is not None)
+        for i, (_, field) in enumerate(self.reg_stats, start=len(STAT_NAMES)):  # lazy: on some steps only
+            value = getattr(s, field)
+            values.append(value if value is not None else torch.zeros((), device=self.device))
+            present[i] = float(value is not None)
         values = torch.stack(values)
         self.nonfinite += (~torch.isfinite(values)).any()
         self.acc += values
@@ -244,6 +255,7 @@ class Training:
         metrics = {"step": step, "img_per_sec": img_per_sec, "rank": rank, "skipped_steps": self.guard.skipped,
                    "checkpointed": bool(ckpt), "data_wait_ms": data_wait_ms,
                    **({"skipped_images": self.skipped_images} if self.cfg.dataset.skip_bad else {}),
+                   **{k: v for k, v in self.gan.augment.scalars().items() if math.isfinite(v)},  # same on every rank
                    **{n: float(v) for n, v in zip(self.stat_names, per_rank[rank])},
                    **{f"mean/{n}": float(v) for n, v in zip(self.stat_names, per_rank.mean(0))}}
         # sample-quality metrics: every rank generates its share (collectives), rank 0 scores
@@ -278,10 +290,11 @@ class Training:
         """Rank 0: TensorBoard, best/regular checkpoints, samples, the progress line. Returns the
         checkpoint written, if any."""
         step, saved = self.step, None
-        self.writer.scalars(step, self.stat_names, per_rank, {
-            "perf/img_per_sec": img_per_sec, "train/skipped_steps": self.guard.skipped,
-            "perf/data_wait_ms": metrics["data_wait_ms"],
-            **({"data/skipped_images": self.skipped_images} if self.cfg.dataset.skip_bad else {})})
+        extra = {"perf/img_per_sec": img_per_sec, "train/skipped_steps": self.guard.skipped,
+                 "perf/data_wait_ms": metrics["data_wait_ms"],
+                 **({"data/skipped_images": self.skipped_images} if self.cfg.dataset.skip_bad else {}),
+                 **{k: v for k, v in metrics.items() if k.startswith("aug/")}}  # ADA's p and r_t
+        self.writer.scalars(step, self.stat_names, per_rank, extra)
         if scores:
             self.writer.metrics(step, scores)
             if self.evaluator.improved(scores):
@@ -300,6 +313,7 @@ class Training:
 
     # ------------------------------------------------------------------------------ what is saved
     def state(self) -> TrainState:
+        extra = self.gan.state_dict()
         return TrainState(
             G=self.G.state_dict(), D=self.D.state_dict(),
             G_ema=self.G_ema.state_dict() if self.G_ema is not None else None,
@@ -307,7 +321,8 @@ class Training:
             step=self.step, images_seen=self.step * self.t.batch_size, rng_cpu=torch.get_rng_state(),
             config=to_dict(self.cfg), data_shape=list(self.data.shape), num_classes=self.num_classes,
             fixed_z=self.fixed_z.cpu(), fixed_y=self.fixed_y.cpu() if self.fixed_y is not None else None,
-            skipped_steps=self.guard.skipped, skipped_images=self.skipped_images)
+            skipped_steps=self.guard.skipped, skipped_images=self.skipped_images, augment=extra["augment"],
+            path_length=extra["pl"])
 
     def save_checkpoint(self, best: dict | None = None) -> Path:
         state = self.state().to_dict()

@@ -121,9 +121,25 @@ ROWS = [
     ("resume-corrupt", ["resume={F}/corrupt_ckpt/latest"]),
     ("resume-other-architecture", ["resume={F}/other_arch/latest"]),
     ("run-with-only-corrupt-checkpoints", ["hydra.run.dir={F}/corrupt_run"]),
+    # issue 13: StyleGAN2's sizes, gradient accumulation, augmentation, R2
+    ("stylegan2-data-not-a-power-of-two", ["model=stylegan2", "dataset=fashion_mnist"]),
+    ("stylegan2-resolution-not-a-power-of-two", ["model=stylegan2", "dataset=fashion_mnist", "dataset.resolution=32",
+                                                 "model.resolution=48"]),
+    ("stylegan2-resolution-not-the-datas", ["model=stylegan2", "dataset=fashion_mnist", "dataset.resolution=32",
+                                            "model.resolution=64"]),
+    ("batch-per-gpu-not-dividing", ["train.batch_size=64", "cluster.num_workers=2", "train.batch_per_gpu=12"]),
+    ("unknown-augment", ["train.augment=stylish"]),
+    ("r2-without-fakes-penalty", ["loss=hinge", "train.r2_gamma=1"]),
     ("slurm-without-sbatch", ["cluster=slurm", "hydra.run.dir={RUN}"]),
     ("slurm-malformed-time", ["cluster=slurm", "+cluster.additional_parameters.time=1:2:3:4:5"]),
 ]
+
+
+# what some rows must say (the rest: any one line)
+MESSAGES = {"stylegan2-data-not-a-power-of-two": "supports 32, 64", "stylegan2-resolution-not-a-power-of-two":
+            "not a power of two", "stylegan2-resolution-not-the-datas": "does not match the data",
+            "batch-per-gpu-not-dividing": "does not divide the per-worker batch 32",
+            "unknown-augment": "unknown train.augment", "r2-without-fakes-penalty": "no fakes penalty"}
 
 
 def _listing(folder: Path) -> set[str]:
@@ -154,6 +170,7 @@ def test_bad_input_is_one_line(overrides, fixtures, tmp_path, request):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert len(lines[0]) > len("error: ") + 15, lines[0]  # says something
+    assert MESSAGES.get(row, "") in lines[0], lines[0]
     assert not run_dir.exists(), f"left behind: {_listing(run_dir)}"
     assert _listing(tmp_path) == set(), f"created: {_listing(tmp_path)}"
     assert _listing(fixtures) == before_fixtures, "changed files of an existing run or checkpoint"

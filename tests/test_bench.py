@@ -19,7 +19,7 @@ def test_quick_benchmark_prints_every_row(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     text = proc.stdout
-    for model in ("mlp", "dcgan"):
+    for model in ("mlp", "dcgan", "stylegan2"):
         # the hand-written reference and distgan train the same networks
         assert re.search(rf"^{model}: parameters G/D plain ([\d,]+)/([\d,]+), distgan \1/\2$", text, re.M), text
         for row in ROWS:
@@ -31,6 +31,6 @@ def test_quick_benchmark_prints_every_row(tmp_path):
     assert re.search(r"^startup launch/run.py -> first step: [\d.]+ s median of 1 .* CPU-s; whole command [\d.]+ s",
                      text, re.M), text
     results = json.loads(out.read_text())
-    assert len(results["rows"]) == 6 and all(r["img_s"] > 0 and r["img_cpu_s"] > 0 and r["rss_mb"] > 0
+    assert len(results["rows"]) == 9 and all(r["img_s"] > 0 and r["img_cpu_s"] > 0 and r["rss_mb"] > 0
                                              for r in results["rows"])
-    assert len(results["ratios"]) == 4 and len(results["startup"]) == 1
+    assert len(results["ratios"]) == 6 and len(results["startup"]) == 1

@@ -4,7 +4,7 @@ fake labels)."""
 
 from __future__ import annotations
 
-import re
+import ast
 from pathlib import Path
 
 import torch
@@ -20,17 +20,42 @@ def test_stream_ids_are_distinct_and_named():
     assert all(name.isupper() for name in Stream.__members__)
 
 
+# every function that draws from a stream: the position of its stream argument (or keyword ``stream``)
+DRAWS = {"counter_generator": 1, "local_noise": 1, "local_labels": 1, "sample_seed": 1, "sample_generator": 1,
+         "per_sample": 2, "noise_maps": 2, "local_noise_maps": 2, "mixing": 3, "local_mixing": 3,
+         "path_length_noise": 2, "ada_augment": 3, "diffaugment": 3, "no_augment": 3, "draw": 0,
+         "noise": 0, "fake_labels": 0}  # the last two: GANStep's draws for a phase (self.noise(...))
+
+
+def _named(node: ast.AST) -> bool:
+    """``Stream.NAME``, or a parameter that passes a caller's stream through (``stream``, ``aug_stream``)."""
+    if isinstance(node, ast.Attribute):
+        return isinstance(node.value, ast.Name) and node.value.id == "Stream"
+    return isinstance(node, ast.Name) and node.id.endswith("stream")
+
+
 def test_every_draw_names_its_stream():
-    second_arg = re.compile(r"\b(?:counter_generator|local_noise|local_labels)\([^,()]*,\s*([^,()]*)")
-    first_arg = re.compile(r"\.(?:noise|fake_labels)\(([^,()]*)")  # GANStep's draws for a phase
+    """Every call of a draw function, and every ``*_stream=`` keyword (GANStep.generate, discriminate), names a
+    stream of the table or passes its caller's through."""
     streams = []
     for path in [*ROOT.glob("distgan/**/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("launch/*.py")]:
-        if path.name == "rng.py":
-            continue
-        for m in [*second_arg.finditer(path.read_text()), *first_arg.finditer(path.read_text())]:
-            streams.append(m.group(1).strip())
-            assert streams[-1].startswith("Stream.") or streams[-1] == "stream", f"{path}: {m.group(0)}"
-    assert sum(s.startswith("Stream.") for s in streams) >= 6, streams  # the pattern finds the package's draws
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            args = [kw.value for kw in node.keywords if kw.arg and kw.arg.endswith("stream")]
+            if name in DRAWS and not any(kw.arg == "stream" for kw in node.keywords):
+                if name == "draw" and path.parent.name != "augment":
+                    continue  # ada.draw / diffaugment.draw(seed, stream, ...): only those two
+                position = DRAWS[name] + (1 if name == "draw" else 0)
+                if len(node.args) > position:
+                    args.append(node.args[position])
+            for arg in args:
+                streams.append(ast.unparse(arg))
+                assert _named(arg), f"{path}:{node.lineno}: {ast.unparse(node)[:120]}"
+    named = [s for s in streams if s.startswith("Stream.")]
+    assert len(named) >= 20, streams  # the walk finds the package's draws
+    assert set(s.name for s in Stream) <= {s.split(".")[1] for s in named}, "a stream of the table is never used"
 
 
 def test_streams_give_different_draws_and_the_same_draw_everywhere():

@@ -95,6 +95,7 @@ def test_sample_npy_and_png_from_a_2d_checkpoint(ring_run, tmp_path, capsys, mon
     (["checkpoint={corrupt}", "out=x.npy"], "corrupt"),
     (["checkpoint={run}", "out=x.jpg"], ".png"),
     (["checkpoint={run}", "out=x.npy", "label=1"], "not class-conditional"),
+    (["checkpoint={run}", "out=x.npy", "truncation=0.7"], "no mapping network"),
     (["checkpoint={run}", "out=x.npy", "colour=red"], "unknown argument"),
     (["out=x.npy"], "missing checkpoint"),
 ])

@@ -2,11 +2,14 @@
 
 ``out`` ending in ``.png`` writes a sample grid (a density picture for ring/grid), ``.npy`` the raw
 samples (images in [-1, 1] as (N, C, H, W) float32, or (N, 2) points). ``seed=`` picks the latents
-(sample i depends on (seed, i) only); ``label=K`` draws class K from a class-conditional model.
+(sample i depends on (seed, i) only); ``label=K`` draws class K from a class-conditional model;
+``truncation=0.7`` pulls w towards its average (the truncation trick, for models with a mapping network).
+Samples use G's constant noise maps, like the training grids and evaluation.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ class SampleArgs:
     label: int | None = None  # class-conditional checkpoints: draw this class (default: classes in turn)
     ema: bool = True  # use G_ema when the checkpoint has one
     nrow: int | None = None  # images per grid row (default: about sqrt(num_samples); a class per row)
+    truncation: float = 1.0  # psi of the truncation trick (stylegan2): w = w_avg + psi (w - w_avg); 1 = none
 
 
 def main(argv: list[str]) -> None:
@@ -40,6 +44,14 @@ def main(argv: list[str]) -> None:
     if args.num_samples <= 0:
         raise UserError(f"num_samples must be positive, got {args.num_samples}")
     G, cfg, state = cli.load_generator(args.checkpoint, ema=args.ema)
+    if args.truncation != 1.0:
+        from distgan.models import MODELS, spec
+
+        if not spec(cfg.model.name).style:
+            styled = [n for n, m in MODELS.items() if m.style]
+            raise UserError(f"truncation={args.truncation}: model={cfg.model.name} has no mapping network to truncate "
+                            f"(model={' or model='.join(styled)} has); drop truncation=")
+        G = functools.partial(G, truncation_psi=args.truncation)
     classes = int(state.num_classes or 0)
     if args.label is not None and not classes:
         raise UserError(f"checkpoint {args.checkpoint} is not class-conditional: drop label=")
@@ -55,7 +67,8 @@ def main(argv: list[str]) -> None:
         nrow = args.nrow or (classes if classes and args.label is None and args.num_samples >= classes else None)
         picture = render(x, cfg.dataset.name, nrow=nrow)
         cli.write_atomic(out, lambda tmp: save_png(picture, tmp))
-    print(f"{args.num_samples} samples from step {state.step} ({'G_ema' if state.used_ema else 'G'}) -> {out}")
+    psi = f", truncation {args.truncation:g}" if args.truncation != 1.0 else ""
+    print(f"{args.num_samples} samples from step {state.step} ({'G_ema' if state.used_ema else 'G'}{psi}) -> {out}")
 
 
 def cli_main() -> None:

@@ -3,6 +3,8 @@
 ``shape`` is the data shape without the batch dimension: ``(C, H, W)`` for images, ``(2,)`` for the
 2D mixtures. Every D returns raw logits of shape ``(N,)``; every G maps ``(N, latent_dim)`` to data.
 Conditional models (``model.conditional=true``) take class labels too: ``G(z, y)`` and ``D(x, y)``.
+A ``style`` model (stylegan2) has a mapping network: in training its G also takes per-sample noise maps
+and style mixing, and returns its w's for the path-length penalty; at sampling it takes a truncation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from distgan.models.layers import apply_spectral_norm
 from distgan.models.mlp import build_mlp
 from distgan.models.resnet import SIZES as RESNET_SIZES
 from distgan.models.resnet import build_resnet
+from distgan.models.stylegan2 import SIZES as STYLEGAN2_SIZES
+from distgan.models.stylegan2 import build_stylegan2, check_stylegan2
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class ModelSpec:
     sizes: tuple[int, ...] | None = None  # square image sides it supports; None: any
     channels_last: bool = False  # a conv model: channels_last memory format on CUDA
     check: Callable[[Config], None] | None = None  # the model's own settings rules
+    style: bool = False  # a mapping network: noise maps, style mixing, path length, truncation (stylegan2)
+    own_conditioning: bool = False  # builds its conditional G and D itself: build(cfg, shape, num_classes)
+    batch_multiple: Callable[[ModelConfig], int] | None = None  # micro-batches must be multiples of it (mbstd)
 
 
 def _leaky_relu_only(cfg: Config) -> None:
@@ -42,6 +49,8 @@ MODELS: dict[str, ModelSpec] = {
     "dcgan": ModelSpec(build_dcgan, data=("image",), sizes=DCGAN_SIZES, channels_last=True, check=_leaky_relu_only),
     "resnet": ModelSpec(build_resnet, data=("image",), sizes=RESNET_SIZES, channels_last=True,
                         check=_leaky_relu_only),
+    "stylegan2": ModelSpec(build_stylegan2, data=("image",), sizes=STYLEGAN2_SIZES, check=check_stylegan2, style=True,
+                           own_conditioning=True, batch_multiple=lambda m: m.mbstd_group),
 }
 
 
@@ -66,18 +75,36 @@ def check(cfg: Config) -> None:
                         "set dataset.resolution")
     if model.check:
         model.check(cfg)
+    t = cfg.train
+    if not model.style and (t.style_mixing > 0 or t.pl_weight > 0):
+        fits = [n for n, m in MODELS.items() if m.style]
+        raise UserError("train.style_mixing and train.pl_weight need a mapping network "
+                        f"(model={' or model='.join(fits)}); model={cfg.model.name} has none: set them to 0")
+
+
+def check_micro_batch(cfg: Config, micro: int) -> None:
+    """Every micro-batch a worker runs must suit the model (StyleGAN2's D: whole minibatch-std groups)."""
+    rule = spec(cfg.model.name).batch_multiple
+    multiple = rule(cfg.model) if rule else 1
+    if micro % multiple:
+        raise UserError(f"model={cfg.model.name} needs a per-worker micro-batch that is a multiple of "
+                        f"model.mbstd_group={multiple} (D's minibatch-std groups), got {micro}: change "
+                        "train.batch_size, train.batch_per_gpu or model.mbstd_group")
 
 
 def build_models(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
     """``num_classes``: classes of the (labelled) dataset; needed when ``cfg.conditional``."""
-    build = spec(cfg.name).build
-    if not cfg.conditional:
+    model = spec(cfg.name)
+    build = model.build
+    if cfg.conditional and num_classes < 2:
+        raise UserError("model.conditional=true needs a labelled dataset with at least 2 classes "
+                        "(fashion_mnist, mnist, cifar10, or an image_folder/zip with labels); "
+                        "set model.conditional=false")
+    if model.own_conditioning:
+        G, D = build(cfg, tuple(shape), num_classes if cfg.conditional else 0)
+    elif not cfg.conditional:
         G, D = build(cfg, tuple(shape))
     else:
-        if num_classes < 2:
-            raise UserError("model.conditional=true needs a labelled dataset with at least 2 classes "
-                            "(fashion_mnist, mnist, cifar10, or an image_folder/zip with labels); "
-                            "set model.conditional=false")
         embed_dim = cfg.latent_dim  # class code as wide as z
         G, D = build(replace(cfg, latent_dim=cfg.latent_dim + embed_dim), tuple(shape))
         G, D = ConditionalGenerator(G, num_classes, embed_dim), ProjectionDiscriminator(D, num_classes)
