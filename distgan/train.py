@@ -266,7 +266,8 @@ class Training:
             diff = max(dist.max_param_difference(self.G), dist.max_param_difference(self.D))
             if diff > 1e-6:
                 raise RuntimeError(f"ranks diverged: weights differ by up to {diff:g} at step {step}")
-        saved = self._write_tick(metrics, per_rank, img_per_sec, scores, ckpt, last) if rank == 0 else None
+        # the final tick of this attempt (the end, or a stop request) also writes a sample grid
+        saved = self._write_tick(metrics, per_rank, img_per_sec, scores, ckpt, last or stop) if rank == 0 else None
         self.hooks.report(metrics, saved)
         self.acc.zero_()
         self.counts.zero_()
