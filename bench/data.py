@@ -214,6 +214,8 @@ def main() -> None:
     else:
         args.images, args.size, args.batch, args.warm, args.measure, args.rounds = 2048, 256, 64, 3, 20, 3
         args.workers, args.mem_sizes, args.mem_batches = (0, 1, 2), (10_000, 100_000), 30
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         print(f"(1) throughput: {args.images} JPEGs of {args.size} px, batch {args.batch}", flush=True)

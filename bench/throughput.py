@@ -70,7 +70,7 @@ def plain_models(model: str) -> tuple[nn.Module, nn.Module, int]:
 # (lazy R1 every 16 D steps, path length every 4 G steps with batch shrink 2, style mixing 0.9), no ADA
 SG2 = dict(channel_base=512, channel_max=32, mapping_layers=2, z_dim=32, w_dim=32, r1_gamma=0.1, r1_every=16,
            pl_weight=2.0, pl_every=4, pl_shrink=2, mixing=0.9, lr=0.0025, betas=(0.0, 0.99))
-SG2_OVERRIDES = ("dataset.image_size=32", f"model.channel_base={SG2['channel_base']}",
+SG2_OVERRIDES = ("dataset.resolution=32", f"model.channel_base={SG2['channel_base']}",
                  f"model.channel_max={SG2['channel_max']}", f"model.mapping_layers={SG2['mapping_layers']}",
                  f"model.latent_dim={SG2['z_dim']}", f"model.w_dim={SG2['w_dim']}", f"train.r1_gamma={SG2['r1_gamma']}",
                  f"train.r1_interval={SG2['r1_every']}", f"train.pl_weight={SG2['pl_weight']}",
@@ -101,7 +101,7 @@ def plain_stylegan2_worker(root: str, batch: int, threads: int, tick: int, ticks
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.as_tensor(torchvision.datasets.FashionMNIST(root, train=True).data).unsqueeze(1)
-    x = TF.resize(x, [32, 32], antialias=True)  # uint8, as distgan's dataset.image_size=32
+    x = TF.resize(x, [32, 32], antialias=True)  # uint8, as distgan's dataset.resolution=32
     G, D, nz = plain_stylegan2()
     c = SG2
     cd, cg = c["r1_every"] / (c["r1_every"] + 1), c["pl_every"] / (c["pl_every"] + 1)
