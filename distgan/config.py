@@ -65,7 +65,7 @@ class ModelConfig:
     spectral_norm: bool = False  # spectral normalisation on every D layer
     conditional: bool = False  # class-conditional G (class embedding + z) and projection D; labelled data only
     # --- stylegan2 ---
-    resolution: int | None = None  # image side; null = the data's (dataset.image_size); must match it
+    resolution: int | None = None  # image side; null = the data's (dataset.resolution); must match it
     channel_base: int | None = None  # feature maps = min(channel_base / res, channel_max); null = 16384 (<512 px)
     channel_max: int = 512  # or 32768 (StyleGAN2-ADA's paper256/auto plans; config F at 512+ px)
     mapping_layers: int = 8  # FC layers of the mapping network (and of D's label mapping)
