@@ -57,3 +57,21 @@ def fashion_root(tmp_path_factory):
     from distgan.config import DatasetConfig
 
     return data.locate(DatasetConfig(name="fashion_mnist", root=str(tmp_path_factory.mktemp("data")))).root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A class-folder tree of TREE_IMAGES JPEGs and PNGs + one grayscale and one RGBA image, per module."""
+    from distgan.testing.images import TREE_IMAGES, make_tree
+
+    return make_tree(tmp_path_factory.mktemp("data") / "tree", TREE_IMAGES)
+
+
+@pytest.fixture(scope="module")
+def prepared(tree, tmp_path_factory):
+    """``tree`` packed by prepare_dataset into a 32-px StyleGAN2-ADA zip, per module."""
+    from distgan.data.prepare import prepare
+
+    dest = tmp_path_factory.mktemp("prepared") / "tree32.zip"
+    prepare(tree, dest, 32, workers=2, progress=False)
+    return dest

@@ -23,16 +23,11 @@ from distgan.data.index import index_paths, open_index
 from distgan.data.stream import BatchStream
 from distgan.data.zipdata import ZipDataset
 from distgan.errors import UserError
-from distgan.testing.images import make_tree, png_bytes, truncated_png, zip_tree
+from distgan.testing.images import TREE_IMAGES, make_tree, png_bytes, truncated_png, zip_tree
 from distgan.testing.images import random_image as _random_image
 
-N_IMAGES = 240  # + the grayscale and the RGBA one
+N_IMAGES = TREE_IMAGES  # + the grayscale and the RGBA one
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("data") / "tree", N_IMAGES)
 
 
 def _items(ds, idx=None):

@@ -22,25 +22,13 @@ from distgan.data.folder import FolderDataset
 from distgan.data.prepare import prepare
 from distgan.data.zipdata import ZipDataset
 from distgan.errors import UserError
+from distgan.testing.images import TREE_IMAGES, truncated_png
 from distgan.testing.images import alive as _alive
-from distgan.testing.images import make_tree, truncated_png
 from distgan.testing.images import random_image as _random_image
 
 ROOT = Path(__file__).resolve().parents[1]
-N_IMAGES = 240
+N_IMAGES = TREE_IMAGES  # + the grayscale and the RGBA one
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("data") / "tree", N_IMAGES)
-
-
-@pytest.fixture(scope="module")
-def prepared(tree, tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("prepared") / "tree32.zip"
-    prepare(tree, dest, 32, workers=2, progress=False)
-    return dest
 
 
 def _items(ds, idx=None):

@@ -27,6 +27,9 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+TREE_IMAGES = 240  # the tests' standard tree (tests/conftest.py: the `tree` fixture), + the two extras
+
+
 def make_tree(root: Path, n: int, seed: int = 0, sizes: tuple[int, int] = (20, 40), extras: bool = True) -> Path:
     """``n`` images in cat/ dog/ bird/, JPEG and PNG in turn, sides in ``sizes`` (not all square); with
     ``extras`` also one grayscale (cat/gray.png, 32 px) and one RGBA PNG (dog/rgba.png, 24x30)."""
