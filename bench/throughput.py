@@ -88,6 +88,14 @@ def plain_stylegan2():
     return G, D, c["z_dim"]
 
 
+def real_batches(x: torch.Tensor, batch: int):
+    """The plain loops' data: shuffled uint8 batches scaled to [-1, 1], reshuffled every epoch."""
+    while True:
+        perm = torch.randperm(len(x))
+        for pos in range(0, len(x) - batch + 1, batch):
+            yield x[perm[pos:pos + batch]].float().div_(127.5).sub_(1.0)
+
+
 def plain_stylegan2_worker(root: str, batch: int, threads: int, tick: int, ticks: int) -> dict:
     """StyleGAN2's four phases by hand, the same arithmetic as distgan's step: D main (fakes from a no-grad
     G that moves w_avg), lazy R1 (x interval, Adam corrected by k/(k+1)), G main (D frozen), lazy path
@@ -115,12 +123,9 @@ def plain_stylegan2_worker(root: str, batch: int, threads: int, tick: int, ticks
         cutoff = torch.where(mixed, torch.randint(1, G.num_ws, (n,)), torch.full((n,), G.num_ws))
         return dict(noise=noise, mixing=(torch.randn(n, nz), cutoff))
 
-    perm, pos, times, cpu, losses = torch.randperm(len(x)), 0, [], [], []
+    reals, times, cpu, losses = real_batches(x, batch), [], [], []
     for step in range(1, tick * ticks + 1):
-        if pos + batch > len(x):
-            perm, pos = torch.randperm(len(x)), 0
-        real = x[perm[pos:pos + batch]].float().div_(127.5).sub_(1.0)
-        pos += batch
+        real = next(reals)
         with torch.no_grad():
             fake = G(torch.randn(batch, nz), update_w_avg=True, **draws(batch))
         G.flush_w_avg()
@@ -174,12 +179,9 @@ def plain_worker(model: str, root: str, batch: int, threads: int, tick: int, tic
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     ones, zeros = torch.ones(batch), torch.zeros(batch)
-    perm, pos, times, cpu, losses = torch.randperm(len(x)), 0, [], [], []
+    reals, times, cpu, losses = real_batches(x, batch), [], [], []
     for step in range(1, tick * ticks + 1):
-        if pos + batch > len(x):
-            perm, pos = torch.randperm(len(x)), 0
-        real = x[perm[pos:pos + batch]].float().div_(127.5).sub_(1.0)
-        pos += batch
+        real = next(reals)
         with torch.no_grad():
             fake = G(torch.randn(batch, nz))
         loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
