@@ -33,6 +33,17 @@ def _describe_sizes(sizes: dict[tuple[int, int], int]) -> str:
     return ", ".join(f"{w}x{h} ({c})" for (w, h), c in top) + (", ..." if len(sizes) > 3 else "")
 
 
+def own_index(source: Path, kind: str, index: Index | None, workers: int | None, progress: bool) -> Index:
+    """``source``'s index (the one given, else the cached or newly built one), checked to be a ``kind``;
+    an index made elsewhere (a staged copy's) is rebased so that messages name this copy."""
+    index = index or open_index(source, workers, progress)
+    if index.kind != kind:
+        raise UserError(f"{source} is indexed as a {index.kind}, not a {kind}")
+    if index.source != str(source):
+        index = dataclasses.replace(index, source=str(source))
+    return index
+
+
 class ImageDataset:
     """The Dataset protocol (``shape``, ``num_classes``, ``__len__``, ``item``) over an :class:`Index`.
 
@@ -131,11 +142,7 @@ class FolderDataset(ImageDataset):
         if not root.is_dir():
             raise UserError(f"dataset.root={root} is not a folder; point it at a folder of images (flat, or "
                             "in class subfolders)")
-        index = index or open_index(root, workers, progress)
-        if index.kind != "folder":
-            raise UserError(f"{root} is indexed as a {index.kind}, not a folder")
-        if index.source != str(root):  # an index made elsewhere (a staged copy's): messages name this copy
-            index = dataclasses.replace(index, source=str(root))
+        index = own_index(root, "folder", index, workers, progress)
         self.root = str(root)
         super().__init__(index, resolution, channels, xflip, skip_bad)
 

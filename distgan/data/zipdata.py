@@ -10,15 +10,14 @@ Each member's CRC-32 is checked, so a damaged zip is reported, not decoded into 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import zipfile
 import zlib
 from pathlib import Path
 
-from distgan.data.folder import ImageDataset
+from distgan.data.folder import ImageDataset, own_index
 from distgan.data.images import BadImageError
-from distgan.data.index import Index, open_index
+from distgan.data.index import Index
 from distgan.errors import UserError
 
 
@@ -79,11 +78,7 @@ class ZipDataset(ImageDataset):
                             "launch/prepare_dataset.py or StyleGAN's dataset_tool.py")
         if not zipfile.is_zipfile(path):
             raise UserError(f"{path} is not a zip; make one with launch/prepare_dataset.py source=... dest=OUT.zip")
-        index = index or open_index(path, workers, progress)
-        if index.kind != "zip":
-            raise UserError(f"{path} is indexed as a {index.kind}, not a zip")
-        if index.source != str(path):  # an index made elsewhere (a staged copy's): messages name this copy
-            index = dataclasses.replace(index, source=str(path))
+        index = own_index(path, "zip", index, workers, progress)
         self.path = str(path)
         self.reader = ZipReader(self.path, index)
         super().__init__(index, resolution, channels, xflip, skip_bad, one_size=one_size)
