@@ -25,6 +25,7 @@ from distgan.errors import UserError
 from distgan.testing.images import TREE_IMAGES, truncated_png
 from distgan.testing.images import alive as _alive
 from distgan.testing.images import random_image as _random_image
+from tests.test_sample_evaluate import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = TREE_IMAGES  # + the grayscale and the RGBA one
@@ -126,19 +127,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tree, tmp_path):
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
     """``launch/prepare_dataset.py`` in this process, through the same one-line error wrapper."""
-    from distgan import cli
-    from distgan.commands.prepare_dataset import main
-
-    code, argv = 0, sys.argv
-    sys.argv = ["prepare_dataset", *args]
-    try:
-        cli.run_main(main)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_in_process("prepare_dataset", *args, capsys=capsys)
 
 
 def test_the_command_prints_a_summary_and_every_skipped_file(tree, tmp_path, capsys):
