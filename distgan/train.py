@@ -273,7 +273,8 @@ class Training:
         self.counts.zero_()
         self.tick_time, self.tick_step, self.metrics = time.perf_counter(), step, metrics
         if stop:
-            if rank == 0:
+            if rank == 0:  # honoured: the request is used up, so a later resume of this run trains on
+                self.run_dir.stop_file.unlink(missing_ok=True)
                 log.info("stop requested: checkpointed at step %d, leaving the loop", step)
             metrics["stopped"] = True
         return stop

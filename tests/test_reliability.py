@@ -98,6 +98,23 @@ def test_every_torch_load_is_weights_only():
 
 
 # ------------------------------------------------------------------------------------ resume
+def test_stop_file_checkpoints_leaves_and_is_used_up(tmp_path):
+    """A STOP file (what the SLURM time limit writes) makes the loop checkpoint at its next tick and
+    leave; the request is then removed, so running the command again trains to the end."""
+    from distgan.rundir import RunDir
+    from distgan.train import train_worker
+
+    cfg = tiny_config(tmp_path / "run")
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir(parents=True)
+    rd.stop_file.write_text("test")
+    first = train_worker(cfg)
+    assert first["step"] == 5 and first["stopped"] and not rd.stop_file.exists()
+    assert checkpoint.load(rd.checkpoints)["step"] == 5
+    again = train_worker(cfg)
+    assert again["step"] == 20 and "stopped" not in again
+
+
 class _StopAt(Exception):
     pass
 
