@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 from distgan.rundir import RunDir
 
 STATE, META, LATEST, BEST = "state.pt", "meta.json", "latest", "best"
@@ -159,7 +159,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return torch.load(state_file, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise UserError(f"checkpoint {state_file} is unreadable: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"checkpoint {state_file} is unreadable: {first_line(e, 200)}") from None
 
 
 def load_latest(root: str | Path, map_location: str | torch.device = "cpu", verify_only: bool = False):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -65,7 +65,7 @@ def parse(argv: list[str], schema: type, name: str, flags: tuple[str, ...] = ())
                                  OmegaConf.from_dotlist(dotlist))
         args = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise UserError(str(e).splitlines()[0]) from None
+        raise UserError(first_line(e)) from None
     missing = [f.name for f in dataclasses.fields(schema) if getattr(args, f.name) is None
                and f.metadata.get("required")]
     if missing:
@@ -105,6 +105,6 @@ def load_generator(path: str, ema: bool = True, device: str = "cpu"):
         G.load_state_dict(state.G_ema if ema and state.G_ema is not None else state.G)
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"checkpoint {path} is not a distgan checkpoint this version can read "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+                        f"({type(e).__name__}: {first_line(e, 120)})") from None
     state.used_ema = ema and state.G_ema is not None
     return G.to(device).eval().requires_grad_(False), cfg, state

@@ -21,7 +21,7 @@ import torch
 
 from distgan.config import DatasetConfig
 from distgan.data.streamed import requested_resolution
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -130,7 +130,7 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
         try:
             x, labels, classes = _read_cifar(root / CIFAR_FOLDER, train)
         except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
-            raise UserError(f"cannot read cifar10 from {root / CIFAR_FOLDER}: {str(e).splitlines()[0][:200]}; "
+            raise UserError(f"cannot read cifar10 from {root / CIFAR_FOLDER}: {first_line(e, 200)}; "
                             "the files look truncated or corrupt: copy them again") from None
         return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, classes)
     import torchvision  # dataset.download=true: torchvision fetches (and checks) the files

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from distgan.data.images import BadImageError
+from distgan.errors import first_line
 
 log = logging.getLogger("distgan")
 MAX_REPLACEMENT_TRIES = 64  # samples after a bad one tried as its replacement
@@ -126,7 +127,7 @@ class BatchStream:
         try:
             x, y, bad = next(self._it)
         except RuntimeError as e:  # a worker killed (out of memory?) or the timeout
-            raise RuntimeError(f"the data loader failed on batch {counter}: {str(e).splitlines()[0]}") from e
+            raise RuntimeError(f"the data loader failed on batch {counter}: {first_line(e)}") from e
         self.wait_ms = (time.perf_counter() - t0) * 1e3
         self._wait_sum, self._wait_n = self._wait_sum + self.wait_ms, self._wait_n + 1
         self._next += 1

@@ -89,11 +89,11 @@ def finish(handle, run_dir: str | Path, training_ok: bool) -> str | None:
     try:
         ray.get(ref)
     except Exception as e:  # noqa: BLE001 - the actor's own error, whatever it is: training is not lost
+        from distgan.errors import first_line
         from distgan.launcher.ray_train import root_cause
 
         cause = root_cause(e)
-        text = str(cause).strip().splitlines()
-        return (f"warning: the evaluator failed ({type(cause).__name__}: {text[0][:200] if text else ''}); "
+        return (f"warning: the evaluator failed ({type(cause).__name__}: {first_line(cause, 200)}); "
                 f"score the rest with python launch/evaluate.py watch={run_dir}")
     from distgan import checkpoint
 

@@ -10,7 +10,7 @@ import traceback
 from omegaconf import DictConfig
 
 from distgan.cli import debug, fail
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 from distgan.launcher.compose import CONFIG_DIR, register_schema, to_config
 from distgan.rundir import RunDir
 
@@ -51,8 +51,7 @@ def run(dcfg: DictConfig) -> None:
             fail(str(cause))
         with open(run_dir.log, "a") as f:  # the traceback for the curious, not the terminal
             traceback.print_exc(file=f)
-        text = str(cause).strip().splitlines()
-        fail(f"training failed: {type(cause).__name__}: {text[0][:300] if text else ''} "
+        fail(f"training failed: {type(cause).__name__}: {first_line(cause)} "
              f"(details in {run_dir.log}; HYDRA_FULL_ERROR=1 for the traceback)", 1)
 
 

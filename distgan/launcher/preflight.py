@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from distgan.config import Config, to_dict, validate
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 from distgan.launcher.backends import backend, cuda_devices_for
 from distgan.rundir import RunDir
 
@@ -68,7 +68,7 @@ def _check_data_readable(cfg: Config) -> None:
         raise
     except Exception as e:  # noqa: BLE001 - torchvision asserts, unpickling errors, … all mean a bad file
         raise UserError(f"cannot read {cfg.dataset.name} from dataset.root={cfg.dataset.root} "
-                        f"({type(e).__name__}{': ' + str(e).splitlines()[0][:120] if str(e) else ''}); the files "
+                        f"({type(e).__name__}{': ' + first_line(e, 120) if str(e).strip() else ''}); the files "
                         "look truncated or corrupt: delete them and copy them again") from None
     data.check_loaded(cfg, dataset)
 

@@ -34,7 +34,7 @@ import submitit
 import distgan
 from distgan import checkpoint
 from distgan.config import Config
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 from distgan.launcher import network, recovery
 from distgan.launcher.backends import workers_per_node
 from distgan.launcher.local import LOCAL_RAY_ENV, RAY_SYSTEM_CONFIG
@@ -67,10 +67,9 @@ def _as_ray_child() -> None:
 
 def _one_line(error: BaseException) -> str:
     cause = root_cause(error)
-    text = str(cause).strip().splitlines()
     if isinstance(cause, UserError):
         return " ".join(str(cause).split())
-    return f"{type(cause).__name__}: {text[0][:300] if text else ''}"
+    return f"{type(cause).__name__}: {first_line(cause)}"
 
 
 def _job_nodes() -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from distgan.config import Config, MetricsConfig
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 from distgan.rundir import RunDir
 
 
@@ -39,7 +39,7 @@ def run_config(run_dir: str | Path, poll_s: float = 5.0, log: Callable[[str], No
         return replace(OmegaConf.to_object(merged), run_dir=str(Path(run_dir).resolve()))
     except (OmegaConfBaseException, OSError, ValueError) as e:
         raise UserError(f"{path} is not a distgan run config this version can read "
-                        f"({str(e).splitlines()[0][:160]})") from None
+                        f"({first_line(e, 160)})") from None
 
 
 def check_weights(metrics: MetricsConfig) -> None:

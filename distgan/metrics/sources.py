@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from distgan.errors import UserError
+from distgan.errors import UserError, first_line
 from distgan.rng import eval_latents
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -62,7 +62,7 @@ def npy_batches(path: str | Path, batch_size: int, rank: int = 0, world: int = 1
     try:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
-        raise UserError(f"samples={path} is not a readable .npy file: {str(e).splitlines()[0]}") from None
+        raise UserError(f"samples={path} is not a readable .npy file: {first_line(e)}") from None
     if arr.ndim != 4 or arr.shape[1] not in (1, 3) or not (arr.dtype == np.uint8 or arr.dtype.kind == "f"):
         raise UserError(f"samples={path} holds {arr.dtype} {arr.shape}; expected N x C x H x W (C = 1 or 3) "
                         "floats in [-1, 1] as launch/sample.py writes, or uint8")
