@@ -11,6 +11,30 @@ import torch.distributed as dist
 from torch import nn
 
 
+def from_rank0(fn):
+    """Every rank: rank 0 runs ``fn`` and sends its result to the others. If it fails, every rank
+    raises with rank 0's message (a UserError stays one), instead of the others waiting in a
+    collective for a result that never comes."""
+    if world_size() == 1:
+        return fn()
+    from distgan.errors import UserError, first_line
+
+    payload: list = [None, None, None]
+    error = None
+    if rank() == 0:
+        try:
+            payload[0] = fn()
+        except Exception as e:  # noqa: BLE001 - sent to the other ranks, then raised here unchanged
+            error, payload[1:] = e, [isinstance(e, UserError), str(e) if isinstance(e, UserError)
+                                     else f"rank 0 failed: {type(e).__name__}: {first_line(e)}"]
+    dist.broadcast_object_list(payload, src=0)
+    if error is not None:
+        raise error
+    if payload[2] is not None:
+        raise (UserError if payload[1] else RuntimeError)(payload[2])
+    return payload[0]
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -201,3 +201,47 @@ def test_training_logs_metrics_and_keeps_the_best_checkpoint(tmp_path):
     G, _ = build_models(cfg.model, (2,))
     G.load_state_dict(best["G"])
     assert Evaluator(cfg, torch.device("cpu"), seed=t.seed)(G) == scores
+
+
+def _rank0_fails(kind: str):
+    """One rank of the from_rank0 test: what each rank gets back when rank 0's work succeeds or fails."""
+    import torch.distributed as tdist
+
+    from distgan import dist
+    from distgan.errors import UserError
+    from distgan.metrics import features
+
+    def work():
+        if kind == "user":
+            raise UserError("dataset.root=/nowhere has no labels")
+        if kind == "bug":
+            raise KeyError("channels")
+        return {"from": tdist.get_rank()}
+
+    def attempt():
+        if kind != "classifier":
+            return dist.from_rank0(work)
+        # the classifier feature network: rank 0 loads it and sends it (here: fails to load it)
+        features.load_classifier = lambda *a: (_ for _ in ()).throw(UserError("no class labels in the data"))
+        return features.ClassifierFeatures(_cfg("fashion_mnist").dataset).prepare(torch.device("cpu"))
+
+    try:
+        return ("ok", attempt())
+    except UserError as e:
+        return ("UserError", str(e))
+    except Exception as e:  # noqa: BLE001
+        return (type(e).__name__, str(e))
+
+
+@pytest.mark.parametrize("kind", ["ok", "user", "bug", "classifier"])
+def test_rank_0_work_is_shared_and_its_failure_stops_every_rank(kind):
+    """dist.from_rank0 (the feature networks' loading): the others get rank 0's result, or every rank
+    raises at once with rank 0's message, instead of waiting in a broadcast that never comes."""
+    out = gloo.run(_rank0_fails, 2, kind, timeout=60)
+    if kind == "ok":
+        assert out == [("ok", {"from": 0})] * 2
+    elif kind == "bug":
+        assert out[0] == ("KeyError", "'channels'")
+        assert out[1] == ("RuntimeError", "rank 0 failed: KeyError: 'channels'")
+    else:
+        assert out[0] == out[1] and out[0][0] == "UserError", out

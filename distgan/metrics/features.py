@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.distributed as tdist
 
 from distgan import dist
 from distgan.config import DatasetConfig
@@ -51,17 +50,16 @@ class ClassifierFeatures:
 
     def prepare(self, device: torch.device) -> None:
         if self.model is None:
-            if dist.rank() == 0:
-                self.model, self.info = load_classifier(self.dataset, self.settings)
+            def load():  # rank 0
+                self.model, info = load_classifier(self.dataset, self.settings)
                 self._real = real_reference(self.dataset, self.model, self.settings)
-            if dist.world_size() > 1:
-                payload = [self.model.state_dict() if dist.rank() == 0 else None, self.info]
-                tdist.broadcast_object_list(payload, src=0)
-                if dist.rank() != 0:
-                    weights, self.info = payload
-                    self.model = Classifier(self.info["channels"], self.info["num_classes"], self.settings.width)
-                    self.model.load_state_dict(weights)
-                    self.model.eval().requires_grad_(False)
+                return self.model.state_dict(), info
+
+            weights, self.info = dist.from_rank0(load)
+            if self.model is None:  # another rank: rank 0's weights
+                self.model = Classifier(self.info["channels"], self.info["num_classes"], self.settings.width)
+                self.model.load_state_dict(weights)
+                self.model.eval().requires_grad_(False)
         self.model.to(device)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,17 +184,9 @@ def load_shared(path: str | None = None, download: bool = False, device: str | t
     """Every rank: rank 0 finds and verifies the file and sends the bytes (or its error) to the others, so
     only rank 0's machine needs the weights, and a missing file stops every rank with the same line
     instead of leaving the others waiting in a collective."""
-    import torch.distributed as tdist
+    from distgan import dist
 
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+    if dist.world_size() == 1:
         return InceptionFeatures(path, download, device, batch_size)
-    payload: list = [None]
-    if tdist.get_rank() == 0:
-        try:
-            payload = [read_verified(locate(path, download))]
-        except UserError as e:
-            payload = [str(e)]
-    tdist.broadcast_object_list(payload, src=0)
-    if isinstance(payload[0], str):
-        raise UserError(payload[0])
-    return InceptionFeatures(device=device, batch_size=batch_size, data=payload[0])
+    data = dist.from_rank0(lambda: read_verified(locate(path, download)))
+    return InceptionFeatures(device=device, batch_size=batch_size, data=data)
