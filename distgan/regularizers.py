@@ -18,7 +18,7 @@ from distgan.rng import per_sample
 _NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
+def wide(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 -> fp32 for sums and squares; fp32 and fp64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -27,8 +27,8 @@ def input_gradient_sq(outputs: torch.Tensor, inputs: torch.Tensor, scaler=_NO_SC
     """Per-sample ||dD(x)/dx||² with a graph for the double backward, correct under fp16 loss scaling:
     the scaled outputs are differentiated (no underflow), then the gradient is unscaled."""
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-    (grad,) = torch.autograd.grad(_wide(outputs).sum() * scale, inputs, create_graph=True)
-    return (_wide(grad) / scale).flatten(1).pow(2).sum(1)
+    (grad,) = torch.autograd.grad(wide(outputs).sum() * scale, inputs, create_graph=True)
+    return (wide(grad) / scale).flatten(1).pow(2).sum(1)
 
 
 def path_length_noise(shape: tuple[int, int, int], seed: int, stream: int, counter: int, first: int, n: int,
@@ -59,21 +59,19 @@ class PathLengthPenalty:
         self.decay, self.weight = decay, weight
         self.pl_mean = torch.zeros([], dtype=torch.float64)
         self._sum, self._count = None, 0  # lengths since the last flush
-        self.last_lengths = None  # detached (n,) lengths of the last call, for logging
 
     def __call__(self, img: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``img`` = G.synthesis(ws, ...) (with ws in the graph), ``noise`` from :func:`path_length_noise`.
         The loss holds ``img * 0`` so that every G parameter (e.g. the last toRGB bias, which does not move
         J_w) is in the graph and every DDP bucket fires."""
-        (grad,) = torch.autograd.grad((_wide(img) * noise).sum(), ws, create_graph=True)
-        lengths = _wide(grad).square().sum(2).mean(1).sqrt()
+        (grad,) = torch.autograd.grad((wide(img) * noise).sum(), ws, create_graph=True)
+        lengths = wide(grad).square().sum(2).mean(1).sqrt()
         total = lengths.detach().double().sum()
         self._sum = total if self._sum is None else self._sum + total
         self._count += lengths.shape[0]
-        self.last_lengths = lengths.detach()
         self.pl_mean = self.pl_mean.to(lengths.device)
         penalty = (lengths - self.pl_mean.to(lengths.dtype)).square().mean()
-        return penalty * self.weight + _wide(img).sum() * 0
+        return penalty * self.weight + wide(img).sum() * 0
 
     def flush(self) -> None:
         """Move pl_mean once by the lengths accumulated since the last flush. A collective: every rank calls it."""

@@ -35,7 +35,14 @@ from distgan.optim import (  # noqa: F401 - re-exported: the step's building blo
     call,
     lr_factor,
 )
-from distgan.regularizers import PathLengthPenalty, input_gradient_sq, path_length_noise
+from distgan.regularizers import (  # noqa: F401 - input_gradient_sq re-exported (tests)
+    PathLengthPenalty,
+    input_gradient_sq,
+    path_length_noise,
+    r1_penalty,
+    r2_penalty,
+    wide,
+)
 from distgan.rng import Stream, first_index, local_labels, local_noise
 
 RealBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]  # counter -> (x, labels or None)
@@ -83,6 +90,11 @@ class StepContext:
     num_classes: int = 0  # > 0: a conditional G and D trained on labelled data
     channels_last: bool = False  # real batches converted to channels_last (conv models on CUDA)
     style: bool = False  # G has a mapping network: noise maps, style mixing, path length (stylegan2)
+
+
+def _mean(xs: list[torch.Tensor]) -> torch.Tensor | None:
+    """The mean of per-micro-batch scalars (the one itself for one; None for none)."""
+    return None if not xs else xs[0] if len(xs) == 1 else torch.stack(xs).mean()
 
 
 def _rows(x: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -154,8 +166,7 @@ class GANStep:
             self.augment.step(counter)  # ADA: p moves every ada_interval D steps (all-reduced)
         loss_g = self.g_main(self.noise(Stream.Z_G, step), self.fake_labels(Stream.Y_G, step), step, real, y_real)
         pl = self.g_reg(step) if self.pl is not None and step % t.pl_interval == 0 else None
-        return StepStats(d, loss_g, torch.stack(r1).mean() if r1 else None, torch.stack(r2).mean() if r2 else None,
-                         pl)
+        return StepStats(d, loss_g, _mean(r1), _mean(r2), pl)
 
     # ---- the one funnel of D calls
     def discriminate(self, x: torch.Tensor, y: torch.Tensor | None, training_d: bool, counter: int = 0,
@@ -197,15 +208,11 @@ class GANStep:
             self.scaler.update()
         opt.zero_grad(set_to_none=True)
 
-    def _optimize(self, opt, loss: torch.Tensor) -> None:
-        self._backward(loss, 1.0)
-        self._update(opt, loss)
-
     # ---- phases
     def d_main(self, real: torch.Tensor, y_real: torch.Tensor | None, z: torch.Tensor,
                y_fake: torch.Tensor | None, alpha: torch.Tensor | None = None, counter: int = 0) -> PhaseStats:
         """``alpha``: WGAN-GP interpolation weights, one per sample (drawn per global sample index). The
-        fakes are kept for R2 in the D reg phase of the same D step."""
+        fakes are kept for R2 (``train.r2_gamma``) in the D reg phase of the same D step."""
         t, self._fakes = self.cfg, []
         losses, reals, fakes = [], [], []
         for sl, weight, last in self._rounds(real.shape[0], self.micro):
@@ -224,15 +231,16 @@ class GANStep:
                                                                                  counter, first)
                 self._backward(loss, weight)
             self.augment.observe(real_logits)
-            self._fakes.append((fake, yf))
+            if t.r2_gamma > 0:
+                self._fakes.append((fake, yf))
             losses.append(loss.detach())
             reals.append(real_logits.detach().float().mean())
             fakes.append(fake_logits.detach().float().mean())
         if self.ctx.style:
             self.G.flush_w_avg()  # once per D step, all-reduced: the same w_avg on every rank
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        loss = _mean(losses)
         self._update(self.opt_d, loss)
-        return PhaseStats(loss, *(x[0] if len(x) == 1 else torch.stack(x).mean() for x in (reals, fakes)))
+        return PhaseStats(loss, _mean(reals), _mean(fakes))
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
                           y: torch.Tensor | None, counter: int = 0, first: int = 0) -> torch.Tensor:
@@ -251,28 +259,29 @@ class GANStep:
         times the interval (StyleGAN2), in fp32. Returns the two penalties (None for one that is off)."""
         t = self.cfg
         self.D.requires_grad_(True)
-        r1s, r2s = [], []
-        for (sl, weight, last), (fake, yf) in zip(self._rounds(real.shape[0], self.micro),
-                                                   self._fakes or [(None, None)] * real.shape[0]):
+        r1s, r2s, totals = [], [], []
+        for i, (sl, weight, last) in enumerate(self._rounds(real.shape[0], self.micro)):
             first, loss, anchor = self.first + sl.start, 0.0, 0.0
             with self._sync(self.D_ddp, last):
                 if t.r1_gamma > 0:
                     x = real[sl].detach().requires_grad_(True)
                     logits = self.discriminate(x, _rows(y_real, sl), True, counter, first,
                                                aug_stream=Stream.AUG_REAL_REG)
-                    r1s.append(input_gradient_sq(logits, x, self.scaler).mean() * (t.r1_gamma / 2))
+                    r1s.append(r1_penalty(logits, x, self.scaler) * (t.r1_gamma / 2))
                     loss, anchor = r1s[-1], logits.float().mean() * 0
                 if t.r2_gamma > 0:
-                    x = fake.detach()  # bf16/fp16 fakes of D main become fp32 here; fp32/fp64 stay
-                    x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).requires_grad_(True)
+                    fake, yf = self._fakes[i]  # D main's, of this micro-batch
+                    x = wide(fake.detach()).requires_grad_(True)  # bf16/fp16 fakes become fp32 here
                     logits = self.discriminate(x, yf, True, counter, first, aug_stream=Stream.AUG_FAKE_REG)
-                    r2s.append(input_gradient_sq(logits, x, self.scaler).mean() * (t.r2_gamma / 2))
+                    r2s.append(r2_penalty(logits, x, self.scaler) * (t.r2_gamma / 2))
                     loss, anchor = loss + r2s[-1], anchor + logits.float().mean() * 0
                 # `logits * 0` puts every D parameter in the graph so each DDP bucket fires (pytorch #63812)
                 total = loss * t.r1_interval + anchor
                 self._backward(total, weight)
-        self._update(self.opt_d, total.detach())
-        return tuple((x[0] if len(x) == 1 else torch.stack(x).mean()).detach() if x else None for x in (r1s, r2s))
+            totals.append(total.detach())
+        self._fakes = []
+        self._update(self.opt_d, _mean(totals))
+        return tuple(x.detach() if x is not None else None for x in (_mean(r1s), _mean(r2s)))
 
     def d_r1(self, real: torch.Tensor, y_real: torch.Tensor | None, counter: int = 0) -> torch.Tensor:
         """The D reg phase with R1 alone (the loss's penalty γ/2 E||∇D(x)||², before the interval factor)."""
@@ -299,7 +308,7 @@ class GANStep:
                     loss = self.loss.g_loss(fake_logits.float(), real_logits)
                 self._backward(loss, weight)
             losses.append(loss.detach())
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        loss = _mean(losses)
         self._update(self.opt_g, loss)
         self.D.requires_grad_(True)
         return loss
@@ -327,7 +336,7 @@ class GANStep:
                 self._backward(loss * t.pl_interval, weight)
             losses.append(loss.detach())
         self.pl.flush()  # a collective, once per phase
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        loss = _mean(losses)
         self._update(self.opt_g, loss)
         return loss
 
