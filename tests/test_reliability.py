@@ -98,6 +98,20 @@ def test_every_torch_load_is_weights_only():
 
 
 # ------------------------------------------------------------------------------------ resume
+def test_time_limit_signal_after_the_run_finished_asks_for_no_requeue(tmp_path):
+    """SIGUSR2 (SLURM's time-limit warning) when training has already reached train.steps: submitit's
+    checkpoint() neither requeues the job (which would spend one of cluster.max_requeues) nor leaves a
+    stop request behind for a later continuation of the run."""
+    from distgan.launcher.slurm_job import SlurmJob
+    from distgan.rundir import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir(parents=True)
+    rd.done_file.touch()
+    assert SlurmJob(tiny_config(rd.path)).checkpoint() is None
+    assert not rd.stop_file.exists()
+
+
 def test_stop_file_checkpoints_leaves_and_is_used_up(tmp_path):
     """A STOP file (what the SLURM time limit writes) makes the loop checkpoint at its next tick and
     leave; the request is then removed, so running the command again trains to the end."""

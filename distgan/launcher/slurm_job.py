@@ -330,14 +330,18 @@ class SlurmJob(submitit.helpers.Checkpointable):
         """SIGUSR2 before the time limit: ask the loop to save and stop, wait for it, then requeue (within
         the requeue budget: otherwise the job ends here with one line, its checkpoint intact)."""
         rd = RunDir(self.run_dir)
-        before = set(p.name for p in rd.checkpoints.glob("step_*"))
+        if rd.done_file.exists():  # training already reached train.steps: nothing to save or to requeue
+            return None
+        before = set(checkpoint.list_checkpoints(rd.checkpoints))
         rd.stop_file.write_text("time limit")
         deadline = time.monotonic() + max(self.cfg.cluster.signal_delay_s - 15, 5)
-        while time.monotonic() < deadline:
-            now = set(p.name for p in rd.checkpoints.glob("step_*"))
-            if now - before:
+        while time.monotonic() < deadline and not rd.done_file.exists():
+            if set(checkpoint.list_checkpoints(rd.checkpoints)) - before:
                 break
             time.sleep(1)
+        if rd.done_file.exists():  # it finished meanwhile: the request has no loop left to honour it
+            rd.stop_file.unlink(missing_ok=True)
+            return None
         if not recovery.budget_left(self.cfg.cluster.max_requeues):
             recovery.record_failure(self.run_dir, submitit.JobEnvironment().job_id, (
                 f"time limit reached and cluster.max_requeues={self.cfg.cluster.max_requeues} spent: stopped at "
