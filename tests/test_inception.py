@@ -242,3 +242,20 @@ def test_only_rank_0_needs_the_weights_and_a_missing_file_stops_every_rank(tmp_p
     assert gloo.run(_shared_load, 2, str(tmp_path), (0,), timeout=60) == [I.FID_HELPER_SHA256[:12]] * 2
     out = gloo.run(_shared_load, 2, str(tmp_path), (1,), timeout=60)
     assert out[0] == out[1] and out[0].startswith("the Inception weights")  # the same line, no hang
+
+
+def test_the_reference_is_read_once_for_every_checkpoint_scored(monkeypatch, fashion_root):
+    """The async evaluator scores checkpoint after checkpoint with one InceptionMetrics: the training set
+    is loaded and its statistics computed (or read from the cache) once, not per checkpoint."""
+    from distgan import data as datasets
+    from distgan.config import DatasetConfig
+    from distgan.metrics import standard
+
+    loads, refs = [], []
+    real_load = datasets.load
+    monkeypatch.setattr(datasets, "load", lambda cfg, **kw: loads.append(cfg) or real_load(cfg, **kw))
+    monkeypatch.setattr(standard.E, "reference", lambda *a, **kw: refs.append(a) or "the reference")
+    m = standard.InceptionMetrics(DatasetConfig(name="fashion_mnist", root=fashion_root))
+    m.info = {k: k for k in standard.REFERENCE_META}
+    assert [m.reference() for _ in range(3)] == ["the reference"] * 3
+    assert len(loads) == 1 and len(refs) == 1

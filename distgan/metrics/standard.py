@@ -61,6 +61,9 @@ def dataset_reader(data, n_real: int | None, batch_size: int, num_workers: int):
     return len(which), batches
 
 
+_UNSET = object()
+
+
 class InceptionMetrics:
     """The standard metrics behind the FEATURES registry. Call :meth:`prepare` on every rank, then
     :meth:`evaluate` on every rank; rank 0 gets the numbers."""
@@ -72,7 +75,7 @@ class InceptionMetrics:
         self.dataset, self.m = dataset, metrics or MetricsConfig()
         self.net: InceptionFeatures | None = None
         self.info: dict = {}
-        self._ref: dict[int, S.Reference | None] = {}  # num_real -> this rank's reference (None off rank 0)
+        self._ref: S.Reference | None | object = _UNSET  # this rank's reference (None off rank 0), once
 
     def prepare(self, device: torch.device) -> None:
         if self.net is None or self.net.device != torch.device(device):
@@ -81,7 +84,10 @@ class InceptionMetrics:
 
     def reference(self, data=None, device: torch.device | str = "cpu", cache: bool = True) -> S.Reference | None:
         """Every rank: the training set's statistics (rank 0; None elsewhere), from the cache when it holds
-        them for this extractor, resolution, ``metrics.num_real`` and subset size, else computed now."""
+        them for this extractor, resolution, ``metrics.num_real`` and subset size, else computed now; then
+        kept, so that scoring checkpoint after checkpoint reads the data set once."""
+        if self._ref is not _UNSET:
+            return self._ref
         if data is None:
             from distgan import data as datasets
 
@@ -91,12 +97,11 @@ class InceptionMetrics:
         workers = self.dataset.loader_workers
         workers = default_loader_workers(os.cpu_count() or 1) if workers is None else workers
         n_real, batches = dataset_reader(data, self.m.num_real, self.m.batch_size, workers)
-        if n_real not in self._ref:
-            meta = {**{k: self.info[k] for k in REFERENCE_META}, "resolution": int(data.shape[-1]),
-                    "num_real": n_real, "training_set": len(data)}
-            self._ref[n_real] = E.reference(batches, meta, self.net, DIM, dataset_key(self.dataset),
-                                            self.m.kid_pr_samples, device, cache)
-        return self._ref[n_real]
+        meta = {**{k: self.info[k] for k in REFERENCE_META}, "resolution": int(data.shape[-1]),
+                "num_real": n_real, "training_set": len(data)}
+        self._ref = E.reference(batches, meta, self.net, DIM, dataset_key(self.dataset), self.m.kid_pr_samples,
+                                device, cache)
+        return self._ref
 
     def evaluate(self, G: torch.nn.Module, num_samples: int, seed: int, latent_dim: int, num_classes: int,
                  device: torch.device, data=None) -> tuple[dict[str, float], dict]:
