@@ -65,12 +65,14 @@ def locate(cls: type[ImageDataset], cfg: DatasetConfig) -> DatasetConfig:
 def load(cls: type[ImageDataset], cfg: DatasetConfig, seed: int = 0) -> ImageDataset:
     """The dataset in a worker (``seed`` is unused: the sampler shuffles). Stages a zip first."""
     root = _root(cfg)
+    located = _located.pop(_key(cls, cfg, root), None)  # not kept in any case: an index can be large
+    _located.clear()
     if cfg.stage_dir:
         from distgan.data.stage import stage
 
         root = stage(root, cfg.stage_dir)
-    elif (ds := _located.pop(_key(cls, cfg, root), None)) is not None:  # not kept: an index can be large
-        return ds
+    elif located is not None:
+        return located
     return _open(cls, cfg, root, progress=False)
 
 
