@@ -184,7 +184,7 @@ def _check_train(t: TrainConfig) -> None:
         if getattr(t, name) < 0:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
     _one_of("train.eval_mode", t.eval_mode, EVAL_MODES)
-    _check_issue13_train(t)
+    _check_train_extras(t)
     if not 0.0 <= t.lr_decay_start < 1.0:
         raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
 
@@ -200,7 +200,9 @@ def check_metrics(m: MetricsConfig) -> None:
     _positive("metrics.batch_size", m.batch_size)
     if m.kid_pr_samples < 4:
         raise UserError(f"metrics.kid_pr_samples must be at least 4, got {m.kid_pr_samples!r}")
-def _check_issue13_train(t: TrainConfig) -> None:
+
+
+def _check_train_extras(t: TrainConfig) -> None:
     """Augmentation, path length, style mixing, accumulation: the settings that need no other group."""
     _one_of("train.augment", t.augment, AUGMENTS)
     for name in ("pl_interval", "pl_batch_shrink", "ada_interval", "ada_kimg", "pl_decay"):

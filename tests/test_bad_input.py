@@ -121,7 +121,7 @@ ROWS = [
     ("resume-corrupt", ["resume={F}/corrupt_ckpt/latest"]),
     ("resume-other-architecture", ["resume={F}/other_arch/latest"]),
     ("run-with-only-corrupt-checkpoints", ["hydra.run.dir={F}/corrupt_run"]),
-    # issue 13: StyleGAN2's sizes, gradient accumulation, augmentation, R2
+    # StyleGAN2's sizes, gradient accumulation, augmentation, R2
     ("stylegan2-data-not-a-power-of-two", ["model=stylegan2", "dataset=fashion_mnist"]),
     ("stylegan2-resolution-not-a-power-of-two", ["model=stylegan2", "dataset=fashion_mnist", "dataset.resolution=32",
                                                  "model.resolution=48"]),

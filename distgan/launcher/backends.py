@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from distgan.config import ClusterConfig, Config
+from distgan.config import ClusterConfig, Config, _positive
 from distgan.errors import UserError
 
 _SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -24,11 +24,6 @@ class Backend:
     launch: Callable[[Config, int], str]  # train (or submit) the run; returns what to print
     local_gpus: bool  # whether the GPUs are this machine's (the driver counts them) or the nodes'
     check_environment: Callable[[Config], None] = lambda cfg: None  # site checks before anything starts
-
-
-def _positive(name: str, value) -> None:
-    if value is None or value <= 0:
-        raise UserError(f"{name} must be positive, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------- local
