@@ -81,11 +81,11 @@ def _record_placement(run_dir: Path, rank: int) -> None:
 
     import ray
 
-    from distgan.launcher import network
+    from distgan.launcher import network, recovery
 
     info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
             "slurm_node": os.environ.get("SLURMD_NODENAME"), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+            "restart": recovery.restart_count(),
             "node_ip": ray.util.get_node_ip_address(), "gloo_interface": os.environ.get("GLOO_SOCKET_IFNAME"),
             **network.gloo_endpoints()}
     folder = RunDir(run_dir).workers

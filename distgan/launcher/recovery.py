@@ -87,13 +87,12 @@ def record_failure(run_dir: Path, job_id: str, message: str, **extra) -> bool:
 
 
 def read_failure(run_dir: Path, job_id: str, restart: int | None = None) -> dict | None:
-    """The failure record of attempt ``restart`` (default: this one), or of the latest attempt that has one."""
-    folder = RunDir(run_dir).slurm
+    """The failure record of attempt ``restart``, or (``restart`` None) of the newest attempt that has one."""
     if restart is not None:
-        paths = [folder / f"{FAILED}-{job_id}-{restart}.json"]
+        paths = [marker(run_dir, FAILED, job_id, restart)]
     else:
-        paths = sorted(folder.glob(f"{FAILED}-{job_id}-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1]),
-                       reverse=True)
+        paths = sorted(RunDir(run_dir).slurm.glob(f"{FAILED}-{job_id}-*.json"),
+                       key=lambda p: int(p.stem.rsplit("-", 1)[1]), reverse=True)
     for path in paths:
         try:
             return json.loads(path.read_text())
@@ -137,7 +136,7 @@ def lost_node_message(node: str, address: str, job_id: str, step: int | None, ou
 
 def last_step(run_dir: Path) -> int | None:
     """The last step the run logged (the progress file's last line), for messages."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     try:
         with open(path, "rb") as f:
             f.seek(max(path.stat().st_size - 65536, 0))

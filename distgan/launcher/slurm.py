@@ -93,7 +93,7 @@ def job_restarts(job_id: str) -> int:
 
 def failure_line(run_dir: Path, job_id: str, final: str, log_file: Path) -> str:
     """Why the job ended ``final``: the first failing task's own line if one was recorded."""
-    record = recovery.read_failure(run_dir, job_id, job_restarts(job_id)) or recovery.read_failure(run_dir, job_id)
+    record = recovery.read_failure(run_dir, job_id)  # the newest attempt's (SLURM may have forgotten the job)
     if record is None:
         return f"SLURM job {job_id} ended {final}; see {log_file}"
     return f"SLURM job {job_id} ended {final}: {record['message']} (log: {log_file})"

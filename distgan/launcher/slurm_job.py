@@ -98,10 +98,10 @@ class SlurmJob(submitit.helpers.Checkpointable):
 
     def _attempt(self) -> str:
         env = submitit.JobEnvironment()
-        return f"{env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        return f"{env.job_id}-{recovery.restart_count()}"
 
     def _marker(self, kind: str) -> Path:
-        return self.slurm_dir / f"{kind}-{self._attempt()}.json"
+        return recovery.marker(self.run_dir, kind, submitit.JobEnvironment().job_id)
 
     def _failure(self) -> str | None:
         record = recovery.read_failure(self.run_dir, submitit.JobEnvironment().job_id,
