@@ -81,11 +81,17 @@ def _write_folder(root: Path, name: str, state: dict[str, Any], meta: dict[str, 
     meta = {**meta, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
     (tmp / META).write_text(json.dumps(meta))
     _fsync(tmp / META)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, final, old)
     return final
+
+
+def replace_folder(new: Path, final: Path, aside: Path) -> None:
+    """``new`` becomes ``final``. A folder cannot be replaced in one rename: an existing ``final`` is
+    moved to ``aside`` first and deleted once ``new`` is in place."""
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(new, final)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def best_scores(root: str | Path) -> dict[str, float] | None:

@@ -215,12 +215,12 @@ class GANStep:
         fakes are kept for R2 (``train.r2_gamma``) in the D reg phase of the same D step."""
         t, self._fakes = self.cfg, []
         losses, reals, fakes = [], [], []
+        self.D.requires_grad_(True)
         for sl, weight, last in self._rounds(real.shape[0], self.micro):
             first, yf, yr = self.first + sl.start, _rows(y_fake, sl), _rows(y_real, sl)
             with torch.no_grad(), autocast(t.precision, self.device):  # unwrapped G: no DDP hooks, no gradient
                 fake = self.generate(self.G, z[sl], yf, counter, first, noise_stream=Stream.NOISE_D,
                                      mix_stream=Stream.MIX_D, update_w_avg=True)
-            self.D.requires_grad_(True)
             with self._sync(self.D_ddp, last):
                 with autocast(t.precision, self.device):
                     real_logits = self.discriminate(real[sl], yr, True, counter, first, aug_stream=Stream.AUG_REAL)

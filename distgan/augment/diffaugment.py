@@ -21,11 +21,12 @@ UNIFORMS = ("bright_on", "bright", "sat_on", "sat", "contrast_on", "contrast", "
             "cut_on", "cut_x", "cut_y")
 
 
-def draw(seed: int, stream: int, counter: int, first: int, n: int) -> dict[str, torch.Tensor]:
+def draw(seed: int, stream: int, counter: int, first: int, n: int, device=None) -> dict[str, torch.Tensor]:
+    """Columns of ``UNIFORMS`` for samples first .. first + n - 1, drawn on the CPU, moved in one copy."""
     u = torch.empty(n, len(UNIFORMS))
     for i in range(n):
         u[i] = torch.rand(len(UNIFORMS), generator=sample_generator(seed, stream, counter, first + i))
-    return dict(zip(UNIFORMS, u.unbind(1)))
+    return dict(zip(UNIFORMS, u.to(device).unbind(1)))
 
 
 def _where(on: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ def diffaugment(x: torch.Tensor, p: float, seed: int, stream: int, counter: int,
     if p == 0:
         return x
     N, _, H, W = x.shape
-    d = {k: v.to(x.device) for k, v in draw(seed, stream, counter, first_index, N).items()}
+    d = draw(seed, stream, counter, first_index, N, x.device)
     on = {k: d[k + "_on"] < p for k in ("bright", "sat", "contrast", "shift", "cut")}
     with torch.autocast(x.device.type, enabled=False):
         y = x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as tdist
 
+from distgan import dist
 from distgan.metrics import stats as S
 from distgan.metrics.image import kid, precision_recall
 from distgan.metrics.sources import Batches
@@ -29,12 +30,6 @@ def metric_suffix(num_samples: int, full: bool) -> str:
     """``50k_full`` for 50,000 samples against the whole training set; ``10k``, ``2500`` otherwise."""
     n = f"{num_samples // 1000}k" if num_samples >= 1000 and num_samples % 1000 == 0 else str(num_samples)
     return n + ("_full" if full else "")
-
-
-def _rank_world() -> tuple[int, int]:
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
 
 
 def stream(batches: Batches, extractor: Callable[[torch.Tensor], torch.Tensor], n: int, dim: int,
@@ -54,7 +49,7 @@ def reference(batches: Callable[[int, int], Batches], meta: dict, extractor: Cal
     """The reference statistics of a dataset (``meta``: extractor_sha256, resize, resolution, num_real),
     read from the cache or computed by every rank over its share (``batches(rank, world)``) and cached by
     rank 0. Call on every rank; rank 0 gets the statistics, the others None."""
-    rank, world = _rank_world()
+    rank, world = dist.rank(), dist.world_size()
     meta = {**meta, "dataset": dataset_key, "subset": min(keep, meta["num_real"])}
     path = S.reference_dir() / f"{S.reference_key(dataset_key, meta)}.pt"
     ref = S.load(path, expect=meta) if cache and rank == 0 else None
@@ -93,7 +88,7 @@ def evaluate(fake_batches: Callable[[int, int], Batches], real: S.Reference | No
              device: str | torch.device = "cpu") -> tuple[dict[str, float], dict]:
     """Every rank: stream this rank's share of ``num_samples`` generated images (``fake_batches(rank,
     world)``), all-reduce; rank 0 returns (metrics, metadata), the others ({}, {})."""
-    rank, world = _rank_world()
+    rank, world = dist.rank(), dist.world_size()
     st = stream(fake_batches(rank, world), extractor, num_samples, dim, keep, device)
     if rank != 0:
         return {}, {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as tdist
 
+from distgan import dist
 from distgan.metrics.image import frechet_distance
 
 
@@ -45,7 +46,7 @@ class FeatureStats:
 
     def all_reduce(self) -> FeatureStats:
         """Sum over ranks (in place) when a process group is up; nothing to do in a single process."""
-        if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+        if dist.world_size() > 1:
             for t in (self.count, self.sum, self.sum_outer, self.subset, self.filled):
                 tdist.all_reduce(t)
         return self

@@ -109,10 +109,7 @@ def enqueue(folder: Path) -> Path:
     tmp, final, old = (queue / f"{_NEW}{folder.name}-{os.getpid()}", queue / folder.name,
                        queue / f"{_NEW}old-{folder.name}-{os.getpid()}")
     _link_files(folder, tmp)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    ckpt.replace_folder(tmp, final, old)
     return final
 
 
@@ -137,11 +134,7 @@ def _install_best(root: Path, snap: Path, step: int, metrics: dict) -> None:
     meta = {"step": step, "scores": metrics, "sha256": meta["sha256"], "bytes": meta.get("bytes")}
     (snap / ckpt.META).write_text(json.dumps(meta))
     ckpt._fsync(snap / ckpt.META)
-    best, old = root / ckpt.BEST, root / f"{_OLD}{os.getpid()}"
-    if best.exists():
-        os.replace(best, old)
-    os.replace(snap, best)
-    shutil.rmtree(old, ignore_errors=True)
+    ckpt.replace_folder(snap, root / ckpt.BEST, root / f"{_OLD}{os.getpid()}")
 
 
 def _clean(root: Path) -> None:
