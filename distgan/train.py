@@ -185,7 +185,8 @@ class Training:
         self.reg_stats = [(name, field) for name, field, on in REG_STATS if on(t)]
         self.stat_names = STAT_NAMES + [name for name, _ in self.reg_stats]
         self.acc = torch.zeros(len(self.stat_names), device=self.device)  # sums since the last tick
-        self.counts = torch.zeros(len(self.stat_names), device=self.device)
+        self._zero = torch.zeros((), device=self.device)  # a lazy statistic's value on steps without it
+        self.counts = [0] * len(self.stat_names)  # steps that had each statistic (host: no per-step writes)
         self.nonfinite = torch.zeros((), device=self.device)
         self.tick_time, self.tick_step = time.perf_counter(), self.step
         if self.rank == 0:
@@ -218,15 +219,15 @@ class Training:
 
     def _accumulate(self, s: StepStats) -> None:
         values = [s.d.loss_d, s.loss_g, s.d.d_real, s.d.d_fake]
-        present = torch.ones(len(self.stat_names), device=self.device)
         for i, (_, field) in enumerate(self.reg_stats, start=len(STAT_NAMES)):  # lazy: on some steps only
             value = getattr(s, field)
-            values.append(value if value is not None else torch.zeros((), device=self.device))
-            present[i] = float(value is not None)
+            values.append(value if value is not None else self._zero)
+            self.counts[i] += value is not None
+        for i in range(len(STAT_NAMES)):
+            self.counts[i] += 1
         values = torch.stack(values)
         self.nonfinite += (~torch.isfinite(values)).any()
         self.acc += values
-        self.counts += present
 
     # -------------------------------------------------------------------------------------- tick
     def tick_due(self) -> bool:
@@ -248,7 +249,8 @@ class Training:
             raise NonFiniteError(
                 f"non-finite loss at or before step {step} on rank {int(bad.nonzero()[0])}; last good checkpoint: "
                 f"{checkpoint.newest(self.run_dir.checkpoints)}. Lower train.lr_d/lr_g or use train.precision=fp32")
-        per_rank = dist.all_gather_rows(self.acc / self.counts.clamp(min=1)).cpu()
+        counts = torch.tensor(self.counts, dtype=self.acc.dtype).clamp(min=1).to(self.device)
+        per_rank = dist.all_gather_rows(self.acc / counts).cpu()
         data_wait_ms = self._data_stats()
         now = time.perf_counter()
         img_per_sec = (step - self.tick_step) * t.batch_size * t.n_critic / max(now - self.tick_time, 1e-9)
@@ -270,7 +272,7 @@ class Training:
         saved = self._write_tick(metrics, per_rank, img_per_sec, scores, ckpt, last or stop) if rank == 0 else None
         self.hooks.report(metrics, saved)
         self.acc.zero_()
-        self.counts.zero_()
+        self.counts = [0] * len(self.stat_names)
         self.tick_time, self.tick_step, self.metrics = time.perf_counter(), step, metrics
         if stop:
             if rank == 0:  # honoured: the request is used up, so a later resume of this run trains on
