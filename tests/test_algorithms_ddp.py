@@ -59,9 +59,9 @@ class RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def toy_data(n: int = 64) -> MemoryDataset:
+def toy_data(n: int = 64, size: int = 28) -> MemoryDataset:
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    x = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
     return MemoryDataset(x, torch.randint(0, 10, (n,), generator=g), 10)
 
 

@@ -15,12 +15,12 @@ import torch
 
 from distgan import dist
 from distgan.config import LossConfig, ModelConfig, TrainConfig
-from distgan.data import MemoryDataset, ShardedSampler
+from distgan.data import ShardedSampler
 from distgan.losses import build_loss
 from distgan.models import build_models, spec
 from distgan.step import GANStep, StepContext, Trainable
 from distgan.testing import gloo
-from tests.test_algorithms_ddp import RecordingSGD, _close
+from tests.test_algorithms_ddp import RecordingSGD, _close, toy_data
 
 STEPS, SEED = 3, 5
 STYLE = dict(name="stylegan2", latent_dim=16, w_dim=16, channel_base=256, channel_max=16, mapping_layers=2,
@@ -40,14 +40,8 @@ VARIANTS = {
 }
 
 
-def toy_images(n: int = 64) -> MemoryDataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 1, 32, 32), generator=g, dtype=torch.uint8)
-    return MemoryDataset(x, torch.randint(0, 10, (n,), generator=g), 10)
-
-
 def run_variant(model: dict, loss: str, train: dict) -> dict:
-    data = toy_images()
+    data = toy_data(size=32)
     cfg = ModelConfig(**{"norm_g": "none", "norm_d": "none", **model})
     t = TrainConfig(**{"seed": SEED, "lr_g": 0.01, "lr_d": 0.01, **train})
     num_classes = data.num_classes if cfg.conditional else 0
