@@ -6,14 +6,14 @@
 (1) Throughput, 256-px JPEGs made here, batch 64, 0 / 1 / 2 loader workers, on the CPU:
     plain     torchvision.datasets.ImageFolder (PIL open + convert("RGB") + PILToTensor) + DataLoader
               (shuffle, default collate, persistent workers, prefetch 2)
-    folder    distgan's FolderDataset + BatchStream (same decode: the images are already 256 px)
-    zip       distgan's ZipDataset of the same JPEGs (stored) + BatchStream
+    folder    distgan's FolderDataset + BatchLoader (same decode: the images are already 256 px)
+    zip       distgan's ZipDataset of the same JPEGs (stored) + BatchLoader
   Every case scales the uint8 batch to float [-1, 1] as training does. Steady-state img/s is timed
   after the first batches; the cases alternate within a round (plain folder zip, then zip folder plain)
   so that drift of a shared machine falls on all alike. Reported as ratios to plain.
 (2) Memory and start-up, a 10,000- vs a 100,000-image zip (the same 256-px JPEGs under many names),
   indexed once beforehand (the driver's job): each size in a fresh process that opens the zip, starts a
-  BatchStream with 2 loader workers and reads batches; peak RSS (VmHWM) of the training process and of
+  BatchLoader with 2 loader workers and reads batches; peak RSS (VmHWM) of the training process and of
   its largest loader worker, and the time from the command to the first batch. The ratio 100k/10k is
   what must stay within 5 % (+3 s for the first batch).
 """
@@ -111,12 +111,11 @@ def plain_loader(root: Path, batch: int, workers: int):
 
 def streamed_loader(kind: str, path: Path, batch: int, workers: int):
     from distgan.data import ShardedSampler
-    from distgan.data.folder import FolderDataset
-    from distgan.data.stream import BatchStream
-    from distgan.data.zipdata import ZipDataset
+    from distgan.data.image_files import FolderDataset, ZipDataset
+    from distgan.data.loader import BatchLoader
 
     ds = (FolderDataset if kind == "folder" else ZipDataset)(path, resolution=256, progress=False)
-    stream = BatchStream(ds, ShardedSampler(len(ds), batch, 0, 1, seed=0), "cpu", num_workers=workers)
+    stream = BatchLoader(ds, ShardedSampler(len(ds), batch, 0, 1, seed=0), "cpu", num_workers=workers)
     counter = iter(range(10**9))
     return (lambda: stream(next(counter))), stream.close
 
@@ -161,11 +160,11 @@ def memory_child(zip_path: str, batch: int, batches: int, t_command: float) -> d
 
     torch.set_num_threads(1)
     from distgan.data import ShardedSampler
-    from distgan.data.stream import BatchStream
-    from distgan.data.zipdata import ZipDataset
+    from distgan.data.image_files import ZipDataset
+    from distgan.data.loader import BatchLoader
 
     ds = ZipDataset(zip_path, progress=False)
-    with BatchStream(ds, ShardedSampler(len(ds), batch, 0, 1, seed=0), "cpu", num_workers=2) as stream:
+    with BatchLoader(ds, ShardedSampler(len(ds), batch, 0, 1, seed=0), "cpu", num_workers=2) as stream:
         stream(0)
         first = time.time() - t_command
         for c in range(1, batches):

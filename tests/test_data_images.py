@@ -1,4 +1,4 @@
-"""Streamed image datasets, reading side (distgan/data/{images,index,folder,zipdata}.py): the decoding policy,
+"""Streamed image datasets, reading side (distgan/data/{images,index,image_files}.py): the decoding policy,
 the cached index, folder and zip datasets and their one-line errors, on data made here with PIL: JPEG and
 PNG of mixed sizes in class subfolders, one grayscale, one RGBA, and bad files."""
 
@@ -17,11 +17,10 @@ from PIL import Image
 
 from distgan.data import ShardedSampler
 from distgan.data import index as index_mod
-from distgan.data.folder import FolderDataset
+from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import RESAMPLER, BadImageError, check_resolution, load_image
 from distgan.data.index import index_paths, open_index
-from distgan.data.stream import BatchStream
-from distgan.data.zipdata import ZipDataset
+from distgan.data.loader import BatchLoader
 from distgan.errors import UserError
 from distgan.testing.images import TREE_IMAGES, make_tree, png_bytes, truncated_png, zip_tree
 from distgan.testing.images import random_image as _random_image
@@ -117,7 +116,7 @@ def test_folder_and_zip_give_identical_items_and_batches(tree, tmp_path):
     x, y = folder.item(n + 5)
     assert torch.equal(x, folder.item(5)[0].flip(-1)) and y == folder.item(5)[1]
     sampler = ShardedSampler(len(folder), 32, 0, 1, seed=3)
-    a, b = BatchStream(folder, sampler, "cpu"), BatchStream(zipped, sampler, "cpu", num_workers=1)
+    a, b = BatchLoader(folder, sampler, "cpu"), BatchLoader(zipped, sampler, "cpu", num_workers=1)
     for c in range(3):
         (xa, ya), (xb, yb) = a(c), b(c)
         assert xa.dtype == torch.float32 and xa.shape == (32, 3, 32, 32) and -1 <= xa.min() < xa.max() <= 1

@@ -18,9 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distgan.data.folder import FolderDataset
+from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.prepare import prepare
-from distgan.data.zipdata import ZipDataset
 from distgan.errors import UserError
 from distgan.testing.images import TREE_IMAGES, truncated_png
 from distgan.testing.images import alive as _alive

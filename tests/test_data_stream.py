@@ -1,4 +1,4 @@
-"""Streamed image datasets, serving side (distgan/data/{stream,stage}.py): BatchStream's order, workers and
+"""Streamed image datasets, serving side (distgan/data/{loader,stage}.py): BatchLoader's order, workers and
 bad files, 1 vs 2 gloo workers seeing the same global batches, and per-node staging of a zip."""
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import torch
 
 from distgan.data import ShardedSampler
 from distgan.data import stage as stage_mod
-from distgan.data.folder import FolderDataset
+from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import BadImageError
 from distgan.data.index import index_paths
-from distgan.data.stream import BatchStream, StreamOrderError
-from distgan.data.zipdata import ZipDataset
+from distgan.data.loader import BatchLoader, BatchOrderError
 from distgan.testing import gloo
 from distgan.testing.images import TREE_IMAGES, make_tree, truncated_png
 from distgan.testing.images import alive as _alive
@@ -40,7 +39,7 @@ def _global_batches(zip_path: str, counters: int, batch: int) -> list[tuple[torc
     world = dist.get_world_size() if dist.is_initialized() else 1
     ds = ZipDataset(zip_path, xflip=True, progress=False)
     sampler = ShardedSampler(len(ds), batch, rank, world, seed=11)
-    with BatchStream(ds, sampler, "cpu", num_workers=rank % 2) as stream:  # 0 and 1 loader workers
+    with BatchLoader(ds, sampler, "cpu", num_workers=rank % 2) as stream:  # 0 and 1 loader workers
         out = [stream(c) for c in range(counters)]
     flipped = sum(int((sampler.indices(c) >= ds.num_images).sum()) for c in range(counters))
     return out, flipped
@@ -67,7 +66,7 @@ def bad_tree(tmp_path) -> Path:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_decode_failure_while_streaming_names_the_file(bad_tree, workers):
     ds = FolderDataset(bad_tree, resolution=32, progress=False)
-    with BatchStream(ds, ShardedSampler(len(ds), len(ds), 0, 1, seed=0), "cpu", num_workers=workers) as s:
+    with BatchLoader(ds, ShardedSampler(len(ds), len(ds), 0, 1, seed=0), "cpu", num_workers=workers) as s:
         with pytest.raises(BadImageError, match=r"dog/cut\.png.*batch 0.*dataset\.skip_bad=true"):
             s(0)
 
@@ -78,7 +77,7 @@ def test_skip_bad_substitutes_deterministically_and_counts(bad_tree):
     sampler = ShardedSampler(len(ds), len(ds), 0, 1, seed=0)
     batches = []
     for workers in (0, 1):
-        with BatchStream(ds, sampler, "cpu", num_workers=workers, skip_bad=True) as s:
+        with BatchLoader(ds, sampler, "cpu", num_workers=workers, skip_bad=True) as s:
             x, _ = s(0)
             assert s.skipped == 2 and len(s.bad_files) == 1  # the image and its flip
             batches.append(x)
@@ -92,11 +91,11 @@ def test_skip_bad_substitutes_deterministically_and_counts(bad_tree):
 
 def test_out_of_order_counters_raise_and_close_stops_the_workers(tree):
     ds = FolderDataset(tree, resolution=32, progress=False)
-    s = BatchStream(ds, ShardedSampler(len(ds), 8, 0, 1, seed=0), "cpu", first=5, num_workers=2)
-    with pytest.raises(StreamOrderError, match="expected counter 5, got 4"):
+    s = BatchLoader(ds, ShardedSampler(len(ds), 8, 0, 1, seed=0), "cpu", first=5, num_workers=2)
+    with pytest.raises(BatchOrderError, match="expected counter 5, got 4"):
         s(4)
     s(5)
-    with pytest.raises(StreamOrderError, match="expected counter 6, got 7"):
+    with pytest.raises(BatchOrderError, match="expected counter 6, got 7"):
         s(7)
     x6, y6 = s(6)  # exactly the sampler's samples of counter 6, whatever ``first`` was
     want = [ds.item(i) for i in ShardedSampler(len(ds), 8, 0, 1, seed=0).indices(6).tolist()]
@@ -107,17 +106,17 @@ def test_out_of_order_counters_raise_and_close_stops_the_workers(tree):
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     s.close()
     assert not any(_alive(p) for p in pids)
-    with pytest.raises(StreamOrderError, match="closed"):
+    with pytest.raises(BatchOrderError, match="closed"):
         s(7)
 
 
 EXIT_WITHOUT_CLOSE = """
 import sys
 from distgan.data import ShardedSampler
-from distgan.data.folder import FolderDataset
-from distgan.data.stream import BatchStream
+from distgan.data.image_files import FolderDataset
+from distgan.data.loader import BatchLoader
 ds = FolderDataset(sys.argv[1], resolution=32, progress=False)
-s = BatchStream(ds, ShardedSampler(len(ds), 8, 0, 1, seed=0), "cpu", num_workers=2)
+s = BatchLoader(ds, ShardedSampler(len(ds), 8, 0, 1, seed=0), "cpu", num_workers=2)
 s(0)
 print(" ".join(map(str, s.worker_pids)))
 """

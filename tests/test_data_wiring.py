@@ -18,11 +18,10 @@ import torch
 from distgan import checkpoint, data
 from distgan import train as train_mod
 from distgan.config import Config, DatasetConfig, ModelConfig, TrainConfig, validate
-from distgan.data.folder import FolderDataset
+from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import BadImageError
+from distgan.data.loader import BatchLoader, default_loader_workers
 from distgan.data.prepare import prepare
-from distgan.data.stream import BatchStream, default_loader_workers
-from distgan.data.zipdata import ZipDataset
 from distgan.errors import UserError
 from distgan.launcher.preflight import _preflight
 from distgan.testing import gloo
@@ -62,24 +61,26 @@ def test_dataset_options_give_streamed_datasets_with_the_configured_loader(tree,
         assert isinstance(ds, cls) and ds.shape == (3, 32, 32) and ds.num_classes == 3
         assert data.spec(name).labelled is None and data.spec(name).streamed  # labelled per index
         with data.batch_source(ds, data.ShardedSampler(len(ds), 8, 0, 1, 0), torch.device("cpu"), 3, cfg) as src:
-            assert isinstance(src, BatchStream) and len(src.worker_pids) == 1
+            assert isinstance(src, BatchLoader) and len(src.worker_pids) == 1
             x, y = src(3)
             assert x.shape == (8, 3, 32, 32) and y.shape == (8,)
     cfg = replace(cfg, cluster=replace(cfg.cluster, cpus_per_worker=3),
                   dataset=replace(cfg.dataset, loader_workers=None))
-    assert data.streamed.loader_workers(cfg) == default_loader_workers(3) == 2
+    assert data.loader.loader_workers(cfg) == default_loader_workers(3) == 2
 
 
 def test_image_size_is_the_deprecated_name_of_resolution(fashion_root, caplog):
-    cfg = Config(dataset=DatasetConfig(root=fashion_root, image_size=32), run_dir="/tmp/unused")
-    with caplog.at_level(logging.WARNING, logger="distgan"):
-        validate(cfg)
+    with caplog.at_level(logging.WARNING, logger="distgan"):  # folded once, when the config is made
+        cfg = Config(dataset=DatasetConfig(root=fashion_root, image_size=32), run_dir="/tmp/unused")
     assert "dataset.image_size is deprecated: use dataset.resolution=32" in caplog.text
+    assert (cfg.dataset.resolution, cfg.dataset.image_size) == (32, None)
+    validate(cfg)
     located = data.locate(cfg.dataset)
-    assert (located.resolution, located.image_size) == (32, None) and data.image_size(located) == 32
+    assert (located.resolution, located.image_size) == (32, None) and data.resolution(located) == 32
     assert data.load(located).shape == (1, 32, 32)
-    with pytest.raises(UserError, match="disagree"):
-        validate(replace(cfg, dataset=replace(cfg.dataset, resolution=64)))
+    with pytest.raises(UserError, match=r"^dataset\.image_size=32 and dataset\.resolution=64 disagree; "
+                                        r"dataset\.image_size is the old name of dataset\.resolution: set only that$"):
+        DatasetConfig(root=fashion_root, image_size=32, resolution=64)
 
 
 def test_the_model_check_sees_the_size_of_the_images(tmp_path):

@@ -8,20 +8,17 @@ function of (seed, global sample index) and 1 worker x B sees the same images as
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from distgan.data import memory, mixture, streamed
-from distgan.data.folder import FolderDataset, ImageDataset
+from distgan.data import image_files, images, loader, memory, mixture
+from distgan.data.image_files import FolderDataset, ImageDataset, ZipDataset
 from distgan.data.memory import MemoryDataset, default_root
 from distgan.data.mixture import MIXTURES, mixture_modes, sample_mixture
 from distgan.data.sampler import ShardedSampler
-from distgan.data.streamed import requested_resolution
-from distgan.data.zipdata import ZipDataset
 from distgan.errors import UserError
 
 if TYPE_CHECKING:
@@ -30,9 +27,8 @@ if TYPE_CHECKING:
     from distgan.config import Config, DatasetConfig
 
 __all__ = ["DATASETS", "Dataset", "DatasetSpec", "MIXTURES", "MemoryDataset", "ShardedSampler", "batch_source",
-           "check_loaded", "default_root", "load", "locate", "mixture_modes", "read_batches", "requested_resolution",
+           "check_loaded", "default_root", "load", "locate", "mixture_modes", "read_batches", "resolution",
            "sample_mixture", "spec"]
-log = logging.getLogger("distgan")
 
 
 class Dataset(Protocol):
@@ -63,10 +59,12 @@ _STREAMED = {"streamed": True, "pow2_resolution": True}
 DATASETS: dict[str, DatasetSpec] = {
     **{name: DatasetSpec("image", memory.locate_torchvision, memory.load_torchvision, True, size, check_readable=True)
        for name, size in (("fashion_mnist", 28), ("mnist", 28), ("cifar10", 32))},
-    "image_folder": DatasetSpec("image", partial(streamed.locate, FolderDataset), partial(streamed.load, FolderDataset),
-                                None, needs_root="dataset=image_folder needs dataset.root=/path/to/images (flat, "
-                                                 "or one subfolder per class)", **_STREAMED),
-    "zip": DatasetSpec("image", partial(streamed.locate, ZipDataset), partial(streamed.load, ZipDataset), None,
+    "image_folder": DatasetSpec("image", partial(image_files.locate_images, FolderDataset),
+                                partial(image_files.load_images, FolderDataset), None,
+                                needs_root="dataset=image_folder needs dataset.root=/path/to/images (flat, "
+                                           "or one subfolder per class)", **_STREAMED),
+    "zip": DatasetSpec("image", partial(image_files.locate_images, ZipDataset),
+                       partial(image_files.load_images, ZipDataset), None,
                        needs_root="dataset=zip needs dataset.root=/path/to/data.zip (made by "
                                   "launch/prepare_dataset.py or StyleGAN's dataset_tool.py)",
                        stageable=True, **_STREAMED),
@@ -80,15 +78,15 @@ def spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def image_size(cfg: DatasetConfig) -> int | None:
+def resolution(cfg: DatasetConfig) -> int | None:
     """The side of the images a run trains on; None for points, and for a folder or zip whose own size
     decides until :func:`locate` has read it."""
     s = spec(cfg.name)
-    return None if s.kind != "image" else requested_resolution(cfg) or s.native_size
+    return None if s.kind != "image" else cfg.resolution or s.native_size
 
 
 def check(cfg: Config) -> None:
-    """The dataset's own rules, run by :func:`distgan.config.validate` (nothing is read here)."""
+    """The dataset's own rules, checked before the launch (nothing is read here)."""
     d, s = cfg.dataset, spec(cfg.dataset.name)
     if s.needs_root and not d.root:
         raise UserError(s.needs_root)
@@ -96,18 +94,11 @@ def check(cfg: Config) -> None:
         raise UserError(f"model.conditional=true needs a labelled dataset; dataset={d.name} has no "
                         "labels (use " + ", ".join(n for n, x in DATASETS.items() if x.labelled is not False)
                         + ", or model.conditional=false)")
-    if d.image_size is not None:
-        if d.resolution is not None and d.resolution != d.image_size:
-            raise UserError(f"dataset.image_size={d.image_size} and dataset.resolution={d.resolution} disagree; "
-                            "dataset.image_size is the old name of dataset.resolution: set only that")
-        log.warning("dataset.image_size is deprecated: use dataset.resolution=%s", d.image_size)
-    size = requested_resolution(d)
+    size = d.resolution
     if size is not None and size <= 0:
         raise UserError(f"dataset.resolution must be positive, got {size}")
     if size is not None and s.pow2_resolution:
-        from distgan.data.images import check_resolution
-
-        check_resolution(size)
+        images.check_resolution(size)
     if d.channels not in (None, 1, 3):
         raise UserError(f"dataset.channels={d.channels}: use 1 (grayscale), 3 (RGB) or null (from the images)")
     if d.loader_workers is not None and d.loader_workers < 0:
@@ -135,9 +126,8 @@ def check_loaded(cfg: Config, dataset: Dataset) -> None:
 
 
 def locate(cfg: DatasetConfig) -> DatasetConfig:
-    """The config with ``root`` resolved and ``image_size`` folded into ``resolution`` (the driver calls
-    this once, before any worker starts; for a folder or zip it builds the index)."""
-    cfg = replace(cfg, resolution=requested_resolution(cfg), image_size=None)
+    """The config with ``root`` resolved (the driver calls this once, before any worker starts; for a
+    folder or zip it builds the index and pins the images' resolution and channels)."""
     return spec(cfg.name).locate(cfg)
 
 
@@ -148,7 +138,7 @@ def load(cfg: DatasetConfig, seed: int = 0) -> Dataset:
 
 class _MemoryBatches:
     """``source(counter) -> (x, labels or None)`` on the device, for datasets held as tensors; the same
-    ``take_wait_ms``/``skipped``/``close`` as the streamed :class:`~distgan.data.stream.BatchStream`."""
+    ``take_wait_ms``/``skipped``/``close`` as a folder's or zip's :class:`~distgan.data.loader.BatchLoader`."""
 
     skipped = 0  # nothing to skip: the data was decoded before training
 
@@ -180,11 +170,9 @@ def batch_source(dataset: Dataset, sampler: ShardedSampler, device: torch.device
     if isinstance(dataset, MemoryDataset):
         return _MemoryBatches(dataset, sampler, device)
     if isinstance(dataset, ImageDataset):
-        from distgan.data.stream import BatchStream
-
-        workers = streamed.loader_workers(cfg) if cfg is not None else 0
-        return BatchStream(dataset, sampler, device, first=first_counter, num_workers=workers,
-                           skip_bad=cfg is not None and cfg.dataset.skip_bad, where=where)
+        workers = loader.loader_workers(cfg) if cfg is not None else 0
+        return loader.BatchLoader(dataset, sampler, device, first=first_counter, num_workers=workers,
+                                  skip_bad=cfg is not None and cfg.dataset.skip_bad, where=where)
     raise TypeError(f"no batch source for {type(dataset).__name__}")
 
 
@@ -202,13 +190,4 @@ def read_batches(dataset: Dataset, indices: torch.Tensor, batch_size: int = 256,
         for idx in chunks:
             yield dataset.batch(idx, cpu), dataset.batch_labels(idx, cpu)
         return
-    from distgan.data.images import BadImageError
-    from distgan.data.stream import _Batches
-
-    loader = torch.utils.data.DataLoader(_Batches(dataset, skip_bad=False), batch_size=None,
-                                         sampler=[c.tolist() for c in chunks], num_workers=num_workers)
-    for x, y, bad in loader:
-        if bad:
-            _, _, path, reason = bad[0]
-            raise BadImageError(path, reason)
-        yield x.float().div_(127.5).sub_(1.0), y if dataset.num_classes else None
+    yield from loader.read_chunks(dataset, chunks, num_workers)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from distgan.data.images import RESAMPLER, describe_error, is_image_name, read_header
 from distgan.errors import UserError
+from distgan.files import write_atomic
 
 log = logging.getLogger("distgan")
 INDEX_VERSION = 1
@@ -277,7 +278,7 @@ def index_paths(source: str | os.PathLike) -> list[Path]:
 
 
 def save_index(index: Index, path: Path) -> None:
-    """Write atomically (temp file + os.replace): a reader never sees half an index."""
+    """Write atomically (:func:`distgan.files.write_atomic`): a reader never sees half an index."""
     meta = {"version": INDEX_VERSION, "kind": index.kind, "source": index.source, "key": index.key,
             "modes": index.modes, "classes": index.classes, "labels_from": index.labels_from,
             "unreadable": index.unreadable, "resampler": index.resampler}
@@ -287,15 +288,7 @@ def save_index(index: Index, path: Path) -> None:
         arrays["label"] = index.label
     arrays.update(index.zip or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load_index(path: Path) -> Index | None:

@@ -15,13 +15,14 @@ import pickle
 import shutil
 import struct
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from distgan.config import DatasetConfig
-from distgan.data.streamed import requested_resolution
 from distgan.errors import UserError, first_line
+from distgan.files import write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -90,10 +91,8 @@ def _unpack_debian(root: Path) -> bool:
         for name in _IDX_FILES:
             if (raw / name).exists():
                 continue
-            tmp = raw / f".{name}.{os.getpid()}.tmp"
-            with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(tmp, raw / name)  # atomic: a concurrent reader never sees half a file
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src:  # a concurrent reader never sees half a file
+                write_atomic(raw / name, partial(shutil.copyfileobj, src))
     except OSError as e:
         raise UserError(f"cannot unpack Fashion-MNIST into {raw}: {e.strerror}; set dataset.root to a "
                         "writable folder") from None
@@ -125,14 +124,14 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
                 raise ValueError(f"{len(x)} images but {len(labels)} labels")
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {cfg.name} from {root}: {e}") from None
-        return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, 10)
+        return MemoryDataset(_resized(x, cfg.resolution), labels, 10)
     if cfg.name == "cifar10" and (root / CIFAR_FOLDER / "data_batch_1").exists():
         try:
             x, labels, classes = _read_cifar(root / CIFAR_FOLDER, train)
         except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
             raise UserError(f"cannot read cifar10 from {root / CIFAR_FOLDER}: {first_line(e, 200)}; "
                             "the files look truncated or corrupt: copy them again") from None
-        return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, classes)
+        return MemoryDataset(_resized(x, cfg.resolution), labels, classes)
     import torchvision  # dataset.download=true: torchvision fetches (and checks) the files
 
     try:
@@ -142,7 +141,7 @@ def load_torchvision(cfg: DatasetConfig, seed: int = 0, train: bool = True) -> M
     x = torch.as_tensor(ds.data)
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
     labels = torch.as_tensor(ds.targets, dtype=torch.long)
-    return MemoryDataset(_resized(x, requested_resolution(cfg)), labels, len(ds.classes))
+    return MemoryDataset(_resized(x, cfg.resolution), labels, len(ds.classes))
 
 
 def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:

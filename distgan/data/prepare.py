@@ -7,7 +7,7 @@ those pixels) under StyleGAN's names ``00000/img00000000.png`` in the source's s
 (StyleGAN's loaders read "labels" and ignore "classes"). Decoding runs in a process pool, with a
 progress bar and its ETA. Files that cannot be read, or whose shorter side is below ``min_size``
 ("tiny"), are skipped and listed. The zip is written to a temp file beside ``dest`` and renamed into
-place at the end (os.replace), so a killed run never leaves a half zip at ``dest``.
+place at the end (:func:`distgan.files.write_atomic`), so a killed run never leaves a half zip at ``dest``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from distgan.data.folder import FolderDataset, ImageDataset
+from distgan.data.image_files import FolderDataset, ImageDataset, ZipDataset
 from distgan.data.images import BadImageError, check_resolution, load_image
 from distgan.data.index import LABELS_FILE, build_index
-from distgan.data.zipdata import ZipDataset
 from distgan.errors import UserError
+from distgan.files import TEMP_SUFFIX, write_atomic
 
 _CHUNK = 32  # images per pool task
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same source gives the same zip
@@ -102,9 +102,9 @@ def _open_source(source: Path, resolution: int, channels: int | None, workers: i
 
 def _remove_stale_temps(dest: Path) -> None:
     """Temp files of earlier prepare runs to ``dest`` that were killed (their process is gone)."""
-    for tmp in dest.parent.glob(f".{dest.name}.*.tmp"):
-        try:
-            os.kill(int(tmp.suffixes[-2].lstrip(".")), 0)
+    for tmp in dest.parent.glob(f".{dest.name}.*{TEMP_SUFFIX}"):
+        try:  # distgan.files.temp_name: .<name>.<pid>.<token>.tmp
+            os.kill(int(tmp.name.split(".")[-3]), 0)
         except (ValueError, IndexError, ProcessLookupError):
             tmp.unlink(missing_ok=True)
         except PermissionError:  # alive, someone else's
@@ -144,10 +144,10 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
                              tiny=[(ds.name(j), int(ds.index.width[j]), int(ds.index.height[j]))
                                    for j in range(ds.num_images) if short[j] < min_size])
     _remove_stale_temps(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     rows = []
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf, \
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf, \
                 tqdm(total=len(work), desc=f"prepare {dst.name}", unit="img", disable=not progress) as bar:
             for j, png, reason in _encoded(ds, work, workers, compress_level):
                 bar.update()
@@ -165,11 +165,8 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
                                 f"({summary.skipped} unreadable or smaller than min_size={min_size})")
             doc = {"labels": rows if labelled else None, "classes": ds.index.classes if labelled else None}
             zf.writestr(zipfile.ZipInfo(LABELS_FILE, date_time=_ZIP_TIME), json.dumps(doc))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(dst, write)
     summary.seconds = time.perf_counter() - t0
     return summary
 

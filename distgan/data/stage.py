@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from distgan.data.index import cached_index, index_paths
 from distgan.errors import UserError
+from distgan.files import TEMP_SUFFIX, fsync_dir, temp_name, write_atomic
 
 log = logging.getLogger("distgan")
 _BLOCK = 16 << 20
@@ -48,15 +49,6 @@ def _copy(src: Path, dst: Path, size: int, progress: bool) -> str:
         fout.flush()
         os.fsync(fout.fileno())
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _ready(dest: Path, record: Path, size: int, mtime_ns: int) -> bool:
@@ -101,9 +93,11 @@ def stage(zip_path: str | os.PathLike, stage_dir: str | os.PathLike, progress: b
         if shutil.disk_usage(dest.parent).free < st.st_size:
             raise UserError(f"dataset.stage_dir={dest.parent} has less free space than {src} needs "
                             f"({st.st_size / 1e9:.1f} GB); free some or point it elsewhere")
-        for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # left by a copier that was killed
+        for stale in dest.parent.glob(f".{dest.name}.*{TEMP_SUFFIX}"):  # left by a copier that was killed
             stale.unlink(missing_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        # not write_atomic: the copy is read back and checked against the source under its temp name,
+        # before it may take the final one, and write_atomic's callable sees only the open handle
+        tmp = temp_name(dest)
         try:
             digest = _copy(src, tmp, st.st_size, progress)
             now = src.stat()
@@ -116,11 +110,12 @@ def stage(zip_path: str | os.PathLike, stage_dir: str | os.PathLike, progress: b
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-        _write_atomic(record, json.dumps({"sha256": digest, "size": st.st_size, "source": str(src),
-                                          "source_mtime_ns": st.st_mtime_ns}).encode())
+        fsync_dir(dest.parent)
+        write_atomic(record, json.dumps({"sha256": digest, "size": st.st_size, "source": str(src),
+                                         "source_mtime_ns": st.st_mtime_ns}))
         hit = cached_index(src)
         if hit is not None:  # same size and mtime: the source's index is valid for the copy
-            _write_atomic(index_paths(dest)[0], hit[1].read_bytes())
+            write_atomic(index_paths(dest)[0], hit[1].read_bytes())
         log.info("staged %s into %s (sha256 %s)", src, dest, digest[:16])
         return dest
     finally:

@@ -69,7 +69,7 @@ def check(cfg: Config) -> None:
         fits = [n for n, m in MODELS.items() if kind in m.data]
         raise UserError(f"dataset={cfg.dataset.name} is {'2D points' if kind == 'points' else kind + 's'}: "
                         f"use model={' or model='.join(fits)}")
-    size = data.image_size(cfg.dataset)
+    size = data.resolution(cfg.dataset)
     if model.sizes and size is not None and size not in model.sizes:  # None: a folder/zip not yet indexed
         raise UserError(f"model={cfg.model.name} supports {', '.join(map(str, model.sizes))} px images, got {size}; "
                         "set dataset.resolution")

@@ -273,7 +273,7 @@ def check_stylegan2(cfg) -> None:
     """model=stylegan2's own rules (distgan.models.check has already checked the data size is in SIZES)."""
     from distgan import data
 
-    m, size = cfg.model, data.image_size(cfg.dataset)
+    m, size = cfg.model, data.resolution(cfg.dataset)
     if m.resolution is not None:
         if m.resolution not in SIZES:
             raise UserError(f"model.resolution={m.resolution} is not a power of two from 32 to 1024; "

@@ -20,7 +20,7 @@ GROUPS = ("cluster", "model", "dataset", "loss", "experiment")
 
 
 def _config_dir() -> Path:
-    package = Path(__file__).resolve().parents[1]  # distgan/
+    package = Path(__file__).resolve().parent  # distgan/
     for candidate in (package / "configs", package.parent / "configs"):  # installed wheel, then a clone
         if (candidate / "config.yaml").is_file():
             return candidate

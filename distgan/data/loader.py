@@ -1,10 +1,11 @@
-"""The streamed batch source: this rank's batch of counter c, decoded ahead of time by DataLoader workers.
+"""The batch loader of folders and zips: this rank's batch of counter c, decoded ahead of time by DataLoader
+workers.
 
 The training loop asks for the batch of counter c, c+1, ... in order. A DataLoader whose sampler
 yields ``ShardedSampler.indices(c)`` for c = first, first+1, ... decodes those exact samples in worker
 processes, ``prefetch_factor`` batches per worker ahead (pinned memory on CUDA, non-blocking copies),
 so a batch stays a function of (seed, global sample index): any world size, any number of loader
-workers, and a resume (a new source with ``first`` = the resumed counter) see the same images.
+workers, and a resume (a new loader with ``first`` = the resumed counter) see the same images.
 
 A worker assembles the whole batch into one uint8 tensor (no per-sample collate). A file that fails
 to decode raises :class:`BadImageError` naming it in the training process, or with ``skip_bad`` is
@@ -17,6 +18,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,18 +27,27 @@ from torch.utils.data import DataLoader
 from distgan.data.images import BadImageError
 from distgan.errors import first_line
 
+if TYPE_CHECKING:
+    from distgan.config import Config
+
 log = logging.getLogger("distgan")
 MAX_REPLACEMENT_TRIES = 64  # samples after a bad one tried as its replacement
 SKIP_HINT = "set dataset.skip_bad=true to replace undecodable images (counted in TensorBoard)"
 
 
-class StreamOrderError(RuntimeError):
-    """A batch asked for out of order: the stream only goes forward, one counter at a time."""
+class BatchOrderError(RuntimeError):
+    """A batch asked for out of order: the loader only goes forward, one counter at a time."""
 
 
 def default_loader_workers(cpus_per_worker: int) -> int:
     """DataLoader workers per training process: one CPU stays with the training loop, at most 8."""
     return max(0, min(8, cpus_per_worker - 1))
+
+
+def loader_workers(cfg: Config) -> int:
+    """DataLoader workers per DDP worker: ``dataset.loader_workers``, else from ``cluster.cpus_per_worker``."""
+    n = cfg.dataset.loader_workers
+    return default_loader_workers(cfg.cluster.cpus_per_worker) if n is None else n
 
 
 class _Counters:
@@ -86,8 +98,8 @@ class _Batches(torch.utils.data.Dataset):
         return -1
 
 
-class BatchStream:
-    """``stream(counter) -> (x float32 in [-1, 1] (N, C, H, W) on device, labels int64 on device or None)``.
+class BatchLoader:
+    """``loader(counter) -> (x float32 in [-1, 1] (N, C, H, W) on device, labels int64 on device or None)``.
 
     ``sampler`` has ``.indices(counter)`` (:class:`ShardedSampler`); counters must come in order from
     ``first``. ``num_workers=0`` decodes in this process (no prefetch). ``wait_ms`` is how long the last
@@ -119,10 +131,10 @@ class BatchStream:
 
     def __call__(self, counter: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._it is None:
-            raise StreamOrderError("this BatchStream is closed")
+            raise BatchOrderError("this BatchLoader is closed")
         if counter != self._next:
-            raise StreamOrderError(f"batches are streamed in order: expected counter {self._next}, got {counter}; "
-                                   f"make a new BatchStream(first={counter}) to start elsewhere (e.g. on resume)")
+            raise BatchOrderError(f"batches are streamed in order: expected counter {self._next}, got {counter}; "
+                                   f"make a new BatchLoader(first={counter}) to start elsewhere (e.g. on resume)")
         t0 = time.perf_counter()
         try:
             x, y, bad = next(self._it)
@@ -155,7 +167,7 @@ class BatchStream:
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
 
-    def __enter__(self) -> BatchStream:
+    def __enter__(self) -> BatchLoader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -163,3 +175,17 @@ class BatchStream:
 
     def __del__(self):
         self.close()
+
+
+def read_chunks(dataset, chunks: Iterable[torch.Tensor], num_workers: int = 0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each chunk of sample indices of a folder or zip decoded (in ``num_workers`` DataLoader workers) into
+    (float (n, C, H, W) in [-1, 1] on the CPU, int64 labels or None); a bad file raises
+    :class:`BadImageError` naming it (``skip_bad`` does not apply)."""
+    loader = DataLoader(_Batches(dataset, skip_bad=False), batch_size=None, sampler=[c.tolist() for c in chunks],
+                        num_workers=num_workers)
+    for x, y, bad in loader:
+        if bad:
+            _, _, path, reason = bad[0]
+            raise BadImageError(path, reason)
+        yield x.float().div_(127.5).sub_(1.0), y if dataset.num_classes else None
