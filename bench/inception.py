@@ -51,7 +51,7 @@ def extraction(size: int, channels: int, threads: int, images: int, batch: int) 
 def streamed(n: int, keep: int, num_real: int, batch: int) -> dict:
     import torch
 
-    from distgan.metrics import inception_eval as E
+    from distgan.metrics import inception_metrics as E
     from distgan.metrics import sources
     from distgan.metrics.inception import DIM, InceptionFeatures
 
@@ -59,11 +59,11 @@ def streamed(n: int, keep: int, num_real: int, batch: int) -> dict:
     ex = InceptionFeatures(batch_size=batch)
     real = (torch.rand(num_real, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     meta = {**ex.info, "resolution": 28, "num_real": num_real}
-    ref = E.reference(lambda r, w: sources.index_batches(lambda i: real[i], num_real, batch, r, w), meta, ex, DIM,
+    ref = E.reference_stats(lambda r, w: sources.index_batches(lambda i: real[i], num_real, batch, r, w), meta, ex, DIM,
                       "bench", keep=keep, cache=False)
     G, nz = _dcgan(28, 1, "cpu")
     t = time.perf_counter()
-    metrics, _ = E.evaluate(lambda r, w: sources.index_batches(sources.generator_fn(G, nz, 0), n, batch, r, w),
+    metrics, _ = E.score_streamed(lambda r, w: sources.index_batches(sources.generator_fn(G, nz, 0), n, batch, r, w),
                             ref, ex, DIM, num_samples=n, full=False, keep=keep)
     return {"seconds": time.perf_counter() - t, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "metrics": metrics}
@@ -72,7 +72,7 @@ def streamed(n: int, keep: int, num_real: int, batch: int) -> dict:
 def gpu(n: int, batch: int, device: str = "cuda") -> dict:
     import torch
 
-    from distgan.metrics import inception_eval as E
+    from distgan.metrics import inception_metrics as E
     from distgan.metrics import sources
     from distgan.metrics.inception import DIM, InceptionFeatures
 
@@ -89,13 +89,13 @@ def gpu(n: int, batch: int, device: str = "cuda") -> dict:
 
     sync()
     t0 = time.perf_counter()
-    ref = E.reference(lambda r, w: sources.index_batches(real, n, batch, r, w), meta, ex, DIM, "bench-gpu",
+    ref = E.reference_stats(lambda r, w: sources.index_batches(real, n, batch, r, w), meta, ex, DIM, "bench-gpu",
                       device=device, cache=False)
     sync()
     t1 = time.perf_counter()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    metrics, info = E.evaluate(lambda r, w: sources.index_batches(sources.generator_fn(G, nz, 0, device=device),
+    metrics, info = E.score_streamed(lambda r, w: sources.index_batches(sources.generator_fn(G, nz, 0, device=device),
                                                                   n, batch, r, w),
                                ref, ex, DIM, num_samples=n, full=True, device=device)
     sync()

@@ -28,7 +28,7 @@ class RunDir:
     METRICS = "metrics.jsonl"
     STOP = "STOP"
     DONE = "DONE"  # rank 0 writes it when training reaches train.steps: an async evaluator may then finish
-    SCORES = "metrics/scores.jsonl"  # the async evaluator's scores (distgan/metrics/watch.py)
+    SCORES = "metrics/scores.jsonl"  # the async evaluator's scores (distgan/metrics/watcher.py)
     TB_EVAL = "tb/eval"  # the async evaluator's TensorBoard run (the trainer owns tb/global)
     TB = "tb"
     CHECKPOINTS = "checkpoints"

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from distgan import checkpoint
 from distgan.config import Config
-from distgan.metrics import watch as W
+from distgan.metrics import watcher as W
 from distgan.rundir import RunDir
 from distgan.train import Hooks, train_worker
 

@@ -1,5 +1,5 @@
 """Streamed feature statistics (distgan/metrics/stats.py) and the streamed scorer's plumbing
-(distgan/metrics/inception_eval.py), against numpy and pytorch-fid; no Inception weights needed."""
+(distgan/metrics/inception_metrics.py), against numpy and pytorch-fid; no Inception weights needed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from distgan.metrics import inception_eval as E
+from distgan.metrics import inception_metrics as E
 from distgan.metrics import sources
 from distgan.metrics import stats as S
 from tests.conftest import require
@@ -112,15 +112,15 @@ def test_reference_is_cached_and_scores_are_named(tmp_path, monkeypatch):
         return sources.index_batches(_images(1), 300, 64, rank, world)
 
     meta = {"extractor_sha256": "fake", "resize": "none", "resolution": 4, "num_real": 300}
-    ref = E.reference(real_batches, meta, _fake_extractor, 32, "toy", keep=100)
-    again = E.reference(real_batches, meta, _fake_extractor, 32, "toy", keep=100)
+    ref = E.reference_stats(real_batches, meta, _fake_extractor, 32, "toy", keep=100)
+    again = E.reference_stats(real_batches, meta, _fake_extractor, 32, "toy", keep=100)
     assert calls == [0] and again.count == 300  # the second call read the cache
     assert list((tmp_path / "distgan" / "reference").glob("toy-fake-4px-n300-k100.pt"))
-    metrics, info = E.evaluate(lambda r, w: sources.index_batches(_images(2), 200, 64, r, w), ref,
+    metrics, info = E.score_streamed(lambda r, w: sources.index_batches(_images(2), 200, 64, r, w), ref,
                                _fake_extractor, 32, num_samples=200, full=False, keep=100)
     assert set(metrics) == {"fid200", "kid200", "precision", "recall"}
     assert info["num_samples"] == 200 and info["num_real"] == 300 and info["kid_pr_samples"] == [100, 100]
-    same, _ = E.evaluate(lambda r, w: sources.index_batches(_images(1), 300, 64, r, w), ref,
+    same, _ = E.score_streamed(lambda r, w: sources.index_batches(_images(1), 300, 64, r, w), ref,
                          _fake_extractor, 32, num_samples=300, full=True, keep=100)
     assert same["fid300_full"] == pytest.approx(0, abs=1e-8) and same["precision"] == 1.0
     assert metrics["fid200"] > 1e-3  # other images: a distance

@@ -18,7 +18,7 @@ import torch
 
 from distgan.errors import UserError
 from distgan.metrics import inception as I
-from distgan.metrics import inception_eval as E
+from distgan.metrics import inception_metrics as E
 from distgan.metrics import sources
 from distgan.metrics import stats as S
 from distgan.testing import gloo
@@ -249,13 +249,13 @@ def test_the_reference_is_read_once_for_every_checkpoint_scored(monkeypatch, fas
     is loaded and its statistics computed (or read from the cache) once, not per checkpoint."""
     from distgan import data as datasets
     from distgan.config import DatasetConfig
-    from distgan.metrics import standard
+    from distgan.metrics import inception_metrics
 
     loads, refs = [], []
     real_load = datasets.load
     monkeypatch.setattr(datasets, "load", lambda cfg, **kw: loads.append(cfg) or real_load(cfg, **kw))
-    monkeypatch.setattr(standard.E, "reference", lambda *a, **kw: refs.append(a) or "the reference")
-    m = standard.InceptionMetrics(DatasetConfig(name="fashion_mnist", root=fashion_root))
-    m.info = {k: k for k in standard.REFERENCE_META}
+    monkeypatch.setattr(inception_metrics, "reference_stats", lambda *a, **kw: refs.append(a) or "the reference")
+    m = inception_metrics.InceptionMetrics(DatasetConfig(name="fashion_mnist", root=fashion_root))
+    m.info = {k: k for k in inception_metrics.REFERENCE_META}
     assert [m.reference() for _ in range(3)] == ["the reference"] * 3
     assert len(loads) == 1 and len(refs) == 1

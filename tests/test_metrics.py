@@ -11,9 +11,10 @@ import torch
 from distgan import checkpoint
 from distgan.config import Config
 from distgan.data import mixture_modes, sample_mixture
-from distgan.metrics import image, mixture
+from distgan.metrics import distances, mixture
 from distgan.metrics.classifier import ClassifierSettings
-from distgan.metrics.evaluator import Evaluator, gather_interleave, shard
+from distgan.metrics.evaluator import Evaluator, gather_interleave
+from distgan.metrics.sources import padded_shard
 from distgan.models import build_models
 from distgan.testing import gloo
 from distgan.train import train_worker
@@ -58,22 +59,22 @@ def test_high_quality_is_three_sigma_of_the_nearest_mode():
 # ------------------------------------------------------------------------------------ image metrics
 def test_frechet_distance_closed_forms():
     a = torch.randn(3000, 8, generator=torch.Generator().manual_seed(0))
-    assert image.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert distances.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-8)
     shift = torch.arange(8.0) / 4
     # equal covariances: FD is the squared distance of the means
-    assert image.frechet_distance_features(a, a + shift) == pytest.approx(float(shift.pow(2).sum()), rel=1e-6)
+    assert distances.frechet_distance_features(a, a + shift) == pytest.approx(float(shift.pow(2).sum()), rel=1e-6)
     # diagonal covariances: Σ (√s1 − √s2)²
     s1, s2 = torch.tensor([1.0, 4.0, 9.0]).double(), torch.tensor([4.0, 1.0, 9.0]).double()
     zero = torch.zeros(3, dtype=torch.float64)
     want = float(((s1.sqrt() - s2.sqrt()) ** 2).sum())
-    assert image.frechet_distance(zero, s1.diag(), zero, s2.diag()) == pytest.approx(want, rel=1e-9)
+    assert distances.frechet_distance(zero, s1.diag(), zero, s2.diag()) == pytest.approx(want, rel=1e-9)
 
 
 def test_kid_is_zero_in_expectation_for_one_distribution():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(2000, 16, generator=g), torch.randn(2000, 16, generator=g)
-    same, same_std = image.kid(x, y, subsets=20, subset_size=500)
-    other, _ = image.kid(x, y * 1.5 + 0.5, subsets=20, subset_size=500)
+    same, same_std = distances.kid(x, y, subsets=20, subset_size=500)
+    other, _ = distances.kid(x, y * 1.5 + 0.5, subsets=20, subset_size=500)
     assert abs(same) < 3 * same_std + 1e-3
     assert other > 20 * max(abs(same), same_std)
 
@@ -84,21 +85,21 @@ def test_precision_recall_when_fakes_cover_half_of_the_reals():
     real = centres[torch.arange(2000) % 2] + torch.randn(2000, 2, generator=g)
     half = centres[0] + torch.randn(1000, 2, generator=g)  # only the left cluster
     full = centres[torch.arange(2000) % 2] + torch.randn(2000, 2, generator=g)
-    p_half, r_half = image.precision_recall(real, half)
-    p_full, r_full = image.precision_recall(real, full)
+    p_half, r_half = distances.precision_recall(real, half)
+    p_full, r_full = distances.precision_recall(real, full)
     assert p_full > 0.9 and r_full > 0.9
     assert p_half > 0.9  # every fake is realistic ...
     assert 0.4 < r_half < 0.6  # ... but only half of the reals are covered
     far = real + 100
-    assert image.precision_recall(real, far) == (0.0, 0.0)
+    assert distances.precision_recall(real, far) == (0.0, 0.0)
 
 
 def test_class_coverage():
     real = torch.arange(1000) % 10
-    same = image.class_coverage(real.flip(0), real, 10)
+    same = distances.class_coverage(real.flip(0), real, 10)
     assert same["class_kl"] == pytest.approx(0.0, abs=1e-12)
     assert same["class_coverage"] == pytest.approx(1.0) and same["classes"] == 10
-    one = image.class_coverage(torch.zeros(500, dtype=torch.long), real, 10)
+    one = distances.class_coverage(torch.zeros(500, dtype=torch.long), real, 10)
     assert one["class_kl"] == pytest.approx(math.log(10)) and one["classes"] == 1
     assert one["class_coverage"] == pytest.approx(0.1)
 
@@ -107,7 +108,7 @@ def test_class_coverage():
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shard_covers_every_index_once_plus_padding(world):
     n = 10
-    idx = [shard(n, r, world) for r in range(world)]
+    idx = [padded_shard(n, r, world) for r in range(world)]
     assert len({len(i) for i in idx}) == 1  # all_gather needs equal shapes
     rows = torch.stack(idx).transpose(0, 1).reshape(-1)[:n]  # what gather_interleave does
     assert rows.tolist() == list(range(n))
@@ -209,7 +210,7 @@ def _rank0_fails(kind: str):
 
     from distgan import dist
     from distgan.errors import UserError
-    from distgan.metrics import features
+    from distgan.metrics import classifier
 
     def work():
         if kind == "user":
@@ -222,8 +223,8 @@ def _rank0_fails(kind: str):
         if kind != "classifier":
             return dist.from_rank0(work)
         # the classifier feature network: rank 0 loads it and sends it (here: fails to load it)
-        features.load_classifier = lambda *a: (_ for _ in ()).throw(UserError("no class labels in the data"))
-        return features.ClassifierFeatures(_cfg("fashion_mnist").dataset).prepare(torch.device("cpu"))
+        classifier.load_classifier = lambda *a: (_ for _ in ()).throw(UserError("no class labels in the data"))
+        return classifier.ClassifierFeatures(_cfg("fashion_mnist").dataset).prepare(torch.device("cpu"))
 
     try:
         return ("ok", attempt())

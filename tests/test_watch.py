@@ -1,4 +1,4 @@
-"""The asynchronous evaluator (distgan/metrics/watch.py) on fake checkpoints and a cheap fake score:
+"""The asynchronous evaluator (distgan/metrics/watcher.py) on fake checkpoints and a cheap fake score:
 started before the run, killed and restarted, it ends with one score per checkpoint, in order."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from distgan import checkpoint
-from distgan.metrics import watch as W
+from distgan.metrics import watcher as W
 
 
 def fake_fid(step: int) -> float:

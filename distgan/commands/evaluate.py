@@ -122,7 +122,7 @@ def _checkpoint(args: EvaluateArgs, device: str) -> None:
 
 def _samples(args: EvaluateArgs, device: str) -> None:
     from distgan.metrics import sources
-    from distgan.metrics.standard import InceptionMetrics
+    from distgan.metrics.inception_metrics import InceptionMetrics
 
     _inception_only(args, "samples=")
     ds = _dataset(args)
@@ -152,7 +152,7 @@ def _reference(args: EvaluateArgs, device: str) -> None:
     import json
 
     from distgan.metrics import stats
-    from distgan.metrics.standard import InceptionMetrics, dataset_key
+    from distgan.metrics.inception_metrics import InceptionMetrics, dataset_key
 
     _inception_only(args, "reference_only=true")
     ds = _dataset(args)
@@ -178,8 +178,7 @@ def _watch(args: EvaluateArgs, argv: list[str], device: str) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from distgan.config import check_metrics
-    from distgan.metrics.async_eval import run_config, score_run
-    from distgan.metrics.watch import SCORES
+    from distgan.metrics.watcher import SCORES, run_config, score_run
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -195,7 +194,7 @@ def _watch(args: EvaluateArgs, argv: list[str], device: str) -> None:
     check_metrics(metrics)
     log(f"watching {run_dir}: scores go to {run_dir / SCORES}; stop with Ctrl-C (a restart resumes)")
     n = score_run(run_dir, cfg, metrics, device, poll_s=args.poll_s, log=log, dataset_root=args.dataset_root,
-                  ema=args.ema)
+                  ema=args.ema, load_generator=cli.load_generator)
     print(f"{n} checkpoint(s) scored; the run is done ({run_dir / SCORES})")
 
 

@@ -1,6 +1,6 @@
 """cluster=local with ``train.eval_mode=async``: the evaluator as a Ray actor beside the TorchTrainer.
 
-The actor runs :func:`distgan.metrics.async_eval.score_run` on the run directory: it scores each
+The actor runs :func:`distgan.metrics.watcher.score_run` on the run directory: it scores each
 evaluation checkpoint the trainer queues, while the workers go on training. It asks Ray for no CPU and
 no GPU, so it can never keep the workers' placement group from being placed (Ray's resources are
 bookkeeping, not limits); instead it takes the cores the workers leave free (at least one thread), at a
@@ -40,10 +40,11 @@ class EvaluatorActor:
         self.finished = threading.Event()
 
     def run(self) -> int:
-        from distgan.metrics.async_eval import score_run
+        from distgan.cli import load_generator
+        from distgan.metrics.watcher import score_run
 
         return score_run(self.cfg.run_dir, self.cfg, device=self.device, poll_s=POLL_S,
-                         stop_when=self.finished.is_set, log=lambda line: None)
+                         stop_when=self.finished.is_set, log=lambda line: None, load_generator=load_generator)
 
     def finish(self) -> None:
         """Training has ended: score what is left, then return from :meth:`run`."""
@@ -68,7 +69,7 @@ def start(cfg: Config, cuda_devices: int):
 
 def pending(run_dir: str | Path) -> int:
     from distgan import checkpoint
-    from distgan.metrics.watch import QUEUE
+    from distgan.metrics.watcher import QUEUE
 
     return len(checkpoint.list_checkpoints(RunDir(run_dir).checkpoints / QUEUE))
 

@@ -1,11 +1,16 @@
-"""Sample-quality metrics: the 2D mode-collapse protocol; the standard fid50k_full/kid50k_full/precision/
-recall in TF-Inception features (streamed); FD/KID/precision/recall/class coverage in the feature space of a
-classifier trained on the real data. Computed across ranks by :class:`Evaluator`; scored beside training
-by the async evaluator (watch.py, async_eval.py)."""
+"""Sample-quality metrics, computed across ranks by :class:`Evaluator` (evaluator.py), whose
+``metrics.features`` picks the feature space of images (``FEATURES``):
 
-from distgan.metrics.evaluator import Evaluator, is_mixture
-from distgan.metrics.image import frechet_distance_features, image_metrics, kid, precision_recall
-from distgan.metrics.mixture import mode_metrics
+- mixture.py            the 2D mode-collapse protocol (modes, high-quality share, reverse KL)
+- classifier.py         ``classifier``: a small CNN trained on the real data, its features (the default)
+- inception.py          the TF-Inception network of the standard FID, found and verified
+- inception_metrics.py  ``inception``: fid50k_full, kid50k_full, precision, recall, streamed
+- distances.py          the formulas: Fréchet distance, KID, precision/recall, class coverage
+- stats.py              streamed feature statistics and the reference cache
+- sources.py            where scored images come from, each rank's share of the indices
+- watcher.py            the asynchronous evaluator: a run's checkpoints scored as they appear
+"""
 
-__all__ = ["Evaluator", "is_mixture", "frechet_distance_features", "image_metrics", "kid", "mode_metrics",
-           "precision_recall"]
+from distgan.metrics.evaluator import Evaluator
+
+__all__ = ["Evaluator"]

@@ -4,6 +4,7 @@ FD/KID/precision/recall are measured in the penultimate layer of a classifier di
 once per dataset and settings, and caches on disk with its test accuracy; the real set's features are
 cached next to it. It needs no downloaded weights and sees the data's own classes. Numbers are comparable
 between runs that share a classifier (same cache key), not with published Inception FIDs.
+:class:`ClassifierFeatures` is what the evaluator uses for ``metrics.features=classifier``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distgan import data
+from distgan import data, dist
 from distgan.config import DatasetConfig
 from distgan.data.memory import TORCHVISION_CLASSES, load_torchvision
 from distgan.errors import UserError
+from distgan.files import write_atomic
 
 log = logging.getLogger("distgan")
 FEATURES = 128  # size of the penultimate layer, the metrics' feature space
@@ -70,7 +72,7 @@ def cache_dir() -> Path:
 def cache_key(cfg: DatasetConfig, settings: ClassifierSettings) -> str:
     """Dataset identity (name, size, the data's path for a folder or zip) + every setting: a changed one
     retrains."""
-    size = data.requested_resolution(cfg)
+    size = cfg.resolution
     ident = {"dataset": cfg.name, "image_size": size, **asdict(settings)}
     if data.spec(cfg.name).needs_root:  # a folder or zip: its path and channels
         ident.update(root=str(Path(cfg.root or "").resolve()), channels=cfg.channels)
@@ -148,11 +150,9 @@ def _train(cfg: DatasetConfig, settings: ClassifierSettings) -> dict:
             "test_accuracy": accuracy, "settings": asdict(settings)}
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def _save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a concurrent reader sees the old file or the whole new one
+    write_atomic(path, lambda f: torch.save(obj, f))  # a concurrent reader sees the old file or the whole new one
 
 
 def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings | None = None,
@@ -164,7 +164,7 @@ def load_classifier(cfg: DatasetConfig, settings: ClassifierSettings | None = No
         state = torch.load(path, weights_only=True)
     elif train_if_missing:
         state = _train(cfg, settings)
-        _atomic_save(state, path)
+        _save(state, path)
     else:
         raise FileNotFoundError(path)
     model = Classifier(state["channels"], state["num_classes"], settings.width)
@@ -186,5 +186,39 @@ def real_reference(cfg: DatasetConfig, model: Classifier,
     idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(settings.seed + 1))
     idx = idx[:settings.real_samples]
     feats, pred, _ = _predict_dataset(model, real, idx)
-    _atomic_save({"features": feats, "pred": pred}, path)
+    _save({"features": feats, "pred": pred}, path)
     return feats, pred
+
+
+class ClassifierFeatures:
+    """``metrics.features=classifier`` for :class:`~distgan.metrics.evaluator.Evaluator`: the penultimate
+    layer of the classifier above. Rank 0 loads it (training it once if it is not cached) and sends it to
+    the other ranks, whose nodes may not share rank 0's cache folder. Call :meth:`prepare` on every rank
+    (it uses collectives) before the first call; ``info`` is recorded with every score."""
+
+    def __init__(self, dataset: DatasetConfig, settings: ClassifierSettings | None = None):
+        self.dataset, self.settings = dataset, settings or ClassifierSettings()
+        self.model: Classifier | None = None
+        self.info: dict = {}
+
+    def prepare(self, device: torch.device) -> None:
+        if self.model is None:
+            def load():  # rank 0
+                self.model, info = load_classifier(self.dataset, self.settings)
+                self._real = real_reference(self.dataset, self.model, self.settings)
+                return self.model.state_dict(), info
+
+            weights, self.info = dist.from_rank0(load)
+            if self.model is None:  # another rank: rank 0's weights
+                self.model = Classifier(self.info["channels"], self.info["num_classes"], self.settings.width)
+                self.model.load_state_dict(weights)
+                self.model.eval().requires_grad_(False)
+        self.model.to(device)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 features (N, 128) on the CPU, predicted classes (N,)) of images in [-1, 1]."""
+        return predict(self.model, images)
+
+    def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real data's features and classes (rank 0)."""
+        return self._real

@@ -1,10 +1,13 @@
-"""Sample-quality metrics in a feature space (no Inception weights here: the features come from the
-classifier of :mod:`distgan.metrics.classifier`). All take (N, F) feature tensors; computed in float64.
+"""The distances between a real and a generated set in a feature space, whichever network gave the
+features (the classifier of :mod:`distgan.metrics.classifier`, or TF-Inception through
+:mod:`distgan.metrics.inception_metrics`). All take (N, F) feature tensors; computed in float64.
 
 - Fréchet distance (Heusel et al. 2017): ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½).
 - KID (Bińkowski et al. 2018): unbiased MMD² with the kernel (x·y/d + 1)³, averaged over subsets.
 - Improved precision and recall (Kynkäänniemi et al. 2019): k-NN balls around each set's points.
 - Class coverage: the histogram of predicted classes against the real one.
+
+:func:`image_metrics` gives them all at once for the classifier's features.
 """
 
 from __future__ import annotations

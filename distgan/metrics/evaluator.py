@@ -5,7 +5,7 @@ Sample ``i`` of an evaluation always has the latent ``z[i]`` (and label ``i mod 
 features, rank ``r`` of ``W`` generates the strided indices r, r+W, …, padded to equal length by wrapping
 around; the features are all-gathered, re-interleaved into global order, and the padding is dropped.
 Inception (``metrics.features=inception``) streams instead: each rank accumulates statistics of its share
-and the ranks all-reduce once (distgan/metrics/standard.py). So 1 worker and N workers score exactly the
+and the ranks all-reduce once (distgan/metrics/inception_metrics.py). So 1 worker and N workers score exactly the
 same samples. Rank 0 computes the numbers; the other ranks get an empty dict.
 """
 
@@ -23,23 +23,24 @@ from distgan.config import Config
 from distgan.data import spec as dataset_spec
 from distgan.errors import UserError
 from distgan.metrics import mixture
-from distgan.metrics.classifier import ClassifierSettings
-from distgan.metrics.features import FEATURES
-from distgan.metrics.image import image_metrics
-from distgan.metrics.standard import NUM_SAMPLES as INCEPTION_SAMPLES
+from distgan.metrics.classifier import ClassifierFeatures, ClassifierSettings
+from distgan.metrics.distances import image_metrics
+from distgan.metrics.inception_metrics import NUM_SAMPLES as INCEPTION_SAMPLES
+from distgan.metrics.inception_metrics import InceptionMetrics
+from distgan.metrics.sources import padded_shard
 from distgan.rng import eval_latents as latents
 
+# ``metrics.features``: the network whose feature space images are scored in. ``classifier``
+# (:class:`~distgan.metrics.classifier.ClassifierFeatures`): features gathered to rank 0 and scored there;
+# ``inception`` (:class:`~distgan.metrics.inception_metrics.InceptionMetrics`): statistics streamed on
+# every rank and all-reduced once. The 2D mixtures use neither (the mode-collapse protocol).
+FEATURES = ("classifier", "inception")
 IMAGE_SAMPLES = 10000
 
 
-def shard(n: int, rank: int, world: int) -> torch.Tensor:
-    """Strided global indices of this rank, padded (by wrapping) so every rank has the same count."""
-    per_rank = math.ceil(n / world)
-    return torch.arange(rank, per_rank * world, world) % n
-
-
 def gather_interleave(local: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`shard`: every rank's rows, back in global order, padding dropped."""
+    """Inverse of :func:`~distgan.metrics.sources.padded_shard`: every rank's rows, back in global order,
+    padding dropped."""
     rows = dist.all_gather_rows(local)  # (world, per_rank, ...)
     return rows.transpose(0, 1).reshape(-1, *local.shape[1:])[:n]
 
@@ -102,12 +103,16 @@ class Evaluator:
         name = features or cfg.metrics.features
         if name not in FEATURES:
             raise UserError(f"unknown metrics.features {name!r}; choose one of: {', '.join(FEATURES)}")
-        kind = FEATURES[name]
-        self.streamed = not self.mixture and getattr(kind, "streamed", False)
+        self.streamed = not self.mixture and name == "inception"
         default = mixture.PROTOCOL_SAMPLES if self.mixture else INCEPTION_SAMPLES if self.streamed else IMAGE_SAMPLES
         self.n = num_samples or cfg.metrics.num_samples or default
         self.conditional_classes = cfg.dataset.num_classes if cfg.model.conditional else 0
-        self.extractor = None if self.mixture else kind(cfg.dataset, cfg.metrics if self.streamed else settings)
+        if self.mixture:
+            self.extractor = None
+        elif self.streamed:
+            self.extractor = InceptionMetrics(cfg.dataset, cfg.metrics)
+        else:
+            self.extractor = ClassifierFeatures(cfg.dataset, settings)
         self.best = best  # scores of checkpoints/best, carried over a resume
         self.meta: dict = {}  # of the last score (Inception: N, num_real, resize, extractor hash)
 
@@ -120,7 +125,7 @@ class Evaluator:
         if self.extractor is not None:
             self.extractor.prepare(self.device)
         net = eval_copy(G)
-        idx = shard(self.n, dist.rank(), dist.world_size())
+        idx = padded_shard(self.n, dist.rank(), dist.world_size())
         z, labels = latents(idx, self.cfg.model.latent_dim, self.seed, self.conditional_classes)  # this rank's only
         x = generate(net, z, labels, self.device)
         if self.extractor is not None:

@@ -1,14 +1,17 @@
 """Where scored images come from, as a stream of ``(global indices, images)`` batches for one rank.
 
-Rank ``r`` of ``W`` takes the global indices r, r + W, r + 2W, … < N (no padding: statistics are sums,
-so ranks may hold one sample more or less). Sources: a function of the indices (a generator, whose
-sample i depends on (seed, i) alone, or a dataset read through ``item(i)``), a ``.npy`` file of N×C×H×W floats in
-[-1, 1] as ``launch/sample.py`` writes (read through a memory map, one batch at a time), and a folder of
-PNG/JPEG files (decoded by PIL in DataLoader workers, in sorted file-name order).
+Rank ``r`` of ``W`` takes the global indices r, r + W, r + 2W, … < N (:func:`shard`; no padding:
+statistics are sums, so ranks may hold one sample more or less; rows gathered across ranks, as the 2D
+protocol's and the classifier's features are, need equal shares: :func:`padded_shard`). Sources: a
+function of the indices (a generator, whose sample i depends on (seed, i) alone, or a dataset read
+through ``item(i)``), a ``.npy`` file of N×C×H×W floats in [-1, 1] as ``launch/sample.py`` writes (read
+through a memory map, one batch at a time), and a folder of PNG/JPEG files (decoded by PIL in DataLoader
+workers, in sorted file-name order).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +26,17 @@ Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's global indices: rank, rank + world, … (each index on exactly one rank)."""
+    """This rank's global indices: rank, rank + world, … < n (each index on exactly one rank): for
+    statistics summed across ranks, where a padded index would count twice."""
     return torch.arange(rank, n, world)
+
+
+def padded_shard(n: int, rank: int, world: int) -> torch.Tensor:
+    """:func:`shard` padded by wrapping around (index ``j`` ≥ n is ``j mod n``) to ⌈n / world⌉ indices on
+    every rank: for rows all-gathered across ranks, which need equal shapes (the padding is dropped after
+    re-interleaving, :func:`distgan.metrics.evaluator.gather_interleave`)."""
+    per_rank = math.ceil(n / world)
+    return torch.arange(rank, per_rank * world, world) % n
 
 
 def index_batches(fn: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size: int, rank: int = 0,

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as tdist
 
 from distgan import dist
-from distgan.metrics.image import frechet_distance
+from distgan.files import write_atomic
+from distgan.metrics.distances import frechet_distance
 
 
 class FeatureStats:
@@ -105,19 +106,11 @@ def reference_key(dataset_key: str, meta: dict) -> str:
 
 
 def save(path: str | Path, ref: Reference) -> Path:
-    """Write atomically (temporary file in the same folder, fsync, rename): a reader never sees half."""
+    """Write atomically (:func:`distgan.files.write_atomic`): a reader never sees half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"mean": ref.mean, "cov": ref.cov, "count": ref.count, "subset": ref.subset,
-                    "meta": ref.meta}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda f: torch.save({"mean": ref.mean, "cov": ref.cov, "count": ref.count,
+                                                    "subset": ref.subset, "meta": ref.meta}, f))
 
 
 def load(path: str | Path, expect: dict | None = None) -> Reference | None:

@@ -1,5 +1,9 @@
 """The asynchronous evaluator: score each finished checkpoint of a run as it appears, so training never
 waits for its metrics (``train.eval_mode=async``; StyleGAN3 users' runs "stuck at Evaluating metrics").
+:func:`score_run` scores a run as the inline evaluator would; it is shared by the Ray actor that runs
+beside the trainer (cluster=local, distgan/launcher/eval_actor.py) and ``python launch/evaluate.py
+watch=RUN_DIR`` (any machine that sees the run directory: a login node, a small job, a laptop with the
+folder mounted). :func:`watch` is its loop, :func:`enqueue` the trainer's side of the queue.
 
 For every finished checkpoint (it has ``meta.json``), in step order, :func:`watch`
 
@@ -24,6 +28,13 @@ checkpoint in ``checkpoints/unscored/`` (:func:`enqueue`) and the watcher scores
 (``queue_only``), deleting each entry once its line is written: retention (``train.keep_checkpoints``)
 deletes step folders without losing an unscored one, and the links cost no space while the step folder
 exists. Otherwise (a run trained inline, or watched by hand) every ``checkpoints/step_*`` is scored.
+
+How (:func:`score_run`): the generator of each checkpoint is scored as the inline evaluator would score
+it: G_ema when the run has one, the run's ``train.seed`` for the latents, the run's ``metrics`` settings
+(``launch/evaluate.py`` may override them). The weights, the reference statistics and the Evaluator are
+built once per process and reused for every checkpoint. The loop ends once the trainer has written the
+run's ``DONE`` marker (or ``stop_when()`` says so) and nothing is left to score; restarted, it resumes
+after the last line of ``metrics/scores.jsonl``.
 """
 
 from __future__ import annotations
@@ -35,10 +46,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from distgan import checkpoint as ckpt
-from distgan.errors import UserError
+from distgan.config import Config, MetricsConfig
+from distgan.errors import UserError, first_line
 from distgan.rundir import RunDir
 
 SCORES = Path(RunDir.SCORES)
@@ -268,3 +282,78 @@ def _score_one(root: Path, folder: Path, score_fn, best: dict | None, better, lo
         return {**record, "metrics": metrics, "meta": meta, "best": improved}
     finally:
         shutil.rmtree(snap, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- scoring a run
+def run_config(run_dir: str | Path, poll_s: float = 5.0, log: Callable[[str], None] | None = None) -> Config:
+    """The run's ``config.yaml`` (written by the launcher before training starts), waiting for it to appear:
+    a watcher may be started before the run."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from distgan.compose import to_config
+
+    path = RunDir(run_dir).config
+    if not path.exists() and log is not None:
+        log(f"waiting for {path} (the run has not started yet)")
+    while not path.exists():
+        time.sleep(poll_s)
+    try:
+        return to_config(OmegaConf.load(path), run_dir)
+    except (OmegaConfBaseException, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a distgan run config this version can read "
+                        f"({first_line(e, 160)})") from None
+
+
+# load_generator(path, ema=..., device=...) -> (G in eval mode, the run's Config, its TrainState with used_ema)
+GeneratorLoader = Callable[..., tuple[Any, Config, Any]]
+
+
+class CheckpointScorer:
+    """``scorer(folder) -> (metrics, metadata)`` of a checkpoint folder; the Evaluator is built from the
+    first checkpoint's config (which knows the data's classes and shape) and kept."""
+
+    def __init__(self, metrics: MetricsConfig, load_generator: GeneratorLoader, device: str = "cpu",
+                 dataset_root: str | None = None, ema: bool = True):
+        self.metrics, self.device, self.dataset_root, self.ema = metrics, device, dataset_root, ema
+        self.load_generator = load_generator
+        self.evaluator = None
+
+    def _build(self, cfg: Config):
+        import torch
+
+        from distgan import data
+        from distgan.metrics.evaluator import Evaluator
+
+        dataset = replace(cfg.dataset, root=self.dataset_root) if self.dataset_root else cfg.dataset
+        cfg = replace(cfg, dataset=data.locate(dataset), metrics=self.metrics)
+        return Evaluator(cfg, torch.device(self.device), seed=cfg.train.seed)
+
+    def __call__(self, folder: Path) -> tuple[dict, dict]:
+        G, cfg, state = self.load_generator(str(folder), ema=self.ema, device=self.device)
+        if self.evaluator is None:
+            self.evaluator = self._build(cfg)
+        scores = self.evaluator(G)
+        return scores, {**self.evaluator.meta, "generator": "G_ema" if state.used_ema else "G",
+                        "features": self.metrics.features if not self.evaluator.mixture else "2d-protocol"}
+
+
+def score_run(run_dir: str | Path, cfg: Config, metrics: MetricsConfig | None = None, device: str = "cpu",
+              poll_s: float = 30.0, stop_when: Callable[[], bool] | None = None,
+              log: Callable[[str], None] | None = None, dataset_root: str | None = None, ema: bool = True, *,
+              load_generator: GeneratorLoader) -> int:
+    """Score the run's checkpoints until it is done (its ``DONE`` marker, or ``stop_when()``) and none is
+    left; returns how many this call scored. An async run's evaluation checkpoints only (its queue); a run
+    evaluated inline, or not at all, every checkpoint (and ``checkpoints/best`` is left to an inline
+    trainer). ``load_generator``: how a checkpoint folder becomes a generator (the caller's
+    ``distgan.cli.load_generator``)."""
+    from distgan.metrics.evaluator import better
+    from distgan.metrics.inception_metrics import check_weights
+
+    metrics = metrics or cfg.metrics
+    check_weights(metrics)
+    done = RunDir(run_dir).done_file
+    queue_only = cfg.train.eval_mode == "async" and cfg.train.eval_every > 0  # the trainer queues for us
+    return watch(run_dir, CheckpointScorer(metrics, load_generator, device, dataset_root, ema), poll_s,
+                 stop_when=lambda: done.exists() or (stop_when is not None and stop_when()), log=log,
+                 queue_only=queue_only, better=better, keep_best=queue_only or not cfg.train.eval_every)
