@@ -27,7 +27,7 @@ import torch
 
 from distgan import checkpoint
 from distgan.cli import load_generator
-from distgan.launcher.compose import load_config
+from distgan.compose import load_config
 from distgan.launcher.preflight import preflight
 from distgan.metrics import Evaluator
 from distgan.train import Hooks, train_worker

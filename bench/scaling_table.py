@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from distgan.compose import CONFIG_DIR
 from distgan.config import ModelConfig
-from distgan.launcher.compose import CONFIG_DIR
 from distgan.models import build_models
 
 # (model, image size, channels): Fashion-MNIST at 28 px, CIFAR-10 at 32, a 64 px RGB set

@@ -45,8 +45,8 @@ LABELS = {"plain": "(a) plain PyTorch", "distgan-1": "(b) distgan, 1 worker", "d
 def distgan_config(model: str, root: str, batch: int, workers: int, threads: int, steps: int, tick: int,
                    run_dir: str, extra: tuple[str, ...] = ()):
     """distgan's own config (configs/ composed by Hydra, as launch/run.py does), for a timed run."""
-    from distgan.config import validate
-    from distgan.launcher.compose import load_config
+    from distgan.compose import load_config
+    from distgan.launcher.preflight import check_config
 
     overrides = [f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}", "resume=never",
                  f"cluster.num_workers={workers}", f"cluster.cpus_per_worker={threads}",
@@ -58,7 +58,7 @@ def distgan_config(model: str, root: str, batch: int, workers: int, threads: int
                  *(SG2_OVERRIDES if model == "stylegan2" else ()),
                  # the plain loop's optimiser and no G_ema (the default job's tuned settings are not the point)
                  *(() if model == "stylegan2" else ("train.lr_g=2e-4", "train.lr_d=2e-4")), "train.ema_kimg=0", *extra]
-    return validate(load_config(overrides, run_dir))
+    return check_config(load_config(overrides, run_dir))
 
 
 def distgan_worker(cfg) -> dict:

@@ -1,5 +1,5 @@
 """What distgan's command-line programs share: the one-line error, ``key=value`` arguments over a typed
-schema (defaults in ``configs/<name>.yaml``), atomic writes, and the generator of a checkpoint.
+schema (defaults in ``configs/<name>.yaml``) and the generator of a checkpoint.
 
 ``distgan-sample`` / ``distgan-evaluate`` (``launch/sample.py``, ``launch/evaluate.py``) use OmegaConf
 alone (Hydra's config layer), not ``@hydra.main``: they write nothing but their output (no ``outputs/``
@@ -12,7 +12,6 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from distgan.errors import UserError, first_line
@@ -45,7 +44,7 @@ def parse(argv: list[str], schema: type, name: str, flags: tuple[str, ...] = ())
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from distgan.launcher.compose import CONFIG_DIR
+    from distgan.compose import CONFIG_DIR
 
     known = {f.name for f in dataclasses.fields(schema)}
     dotlist = []
@@ -76,17 +75,6 @@ def parse(argv: list[str], schema: type, name: str, flags: tuple[str, ...] = ())
 def required() -> Any:
     """A schema field the user must give (``missing checkpoint=...`` otherwise)."""
     return dataclasses.field(default=None, metadata={"required": True})
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, so a failure leaves nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_generator(path: str, ema: bool = True, device: str = "cpu"):

@@ -1,26 +1,29 @@
-"""Typed configuration: the schema Hydra's YAML is merged into, and its validation.
+"""Typed configuration: the schema Hydra's YAML is merged into, and the rules every run shares.
 
-Workers receive a plain :class:`Config` dataclass, never a ``DictConfig``. :func:`validate`, which the
-launcher calls before any worker or job starts, checks the settings every run shares here and hands the
-rest to their owners: the cluster backend (distgan/launcher/backends.py), the dataset and the model
-registries (distgan/data, distgan/models), the loss registry (distgan/losses.py) and the augmentations
-(distgan/augment).
+Workers receive a plain :class:`Config` dataclass, never a ``DictConfig``. This module stands on the
+ground: it imports nothing of distgan but :mod:`distgan.errors`. :func:`validate` checks what needs only
+the config; the rules that need a registry live with their owners — the cluster backend
+(distgan/launcher/backends.py), the datasets (distgan/data), the models (distgan/models), the losses
+(distgan/losses.py), the augmentations (distgan/augment), the feature networks (distgan/metrics) — and the
+launcher's pre-flight runs them all, once, before any worker or job starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from distgan.errors import UserError
+
+log = logging.getLogger("distgan")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_DECAYS = ("none", "linear", "cosine")
 G_ACTIVATIONS = ("leaky_relu", "relu")
 NORMS = ("batch", "none")
 EVAL_MODES = ("inline", "async")
-AUGMENTS = ("none", "ada", "diffaugment")  # distgan.augment.AUGMENTS
 
 
 @dataclass
@@ -89,6 +92,17 @@ class DatasetConfig:
     loader_workers: int | None = None  # DataLoader workers per DDP worker; null = cluster.cpus_per_worker - 1 (<= 8)
     stage_dir: str | None = None  # zip only: copy it once per node to this node-local folder before training
     skip_bad: bool = False  # replace (and count) images that fail to decode instead of stopping
+
+    def __post_init__(self) -> None:
+        """The deprecated ``image_size`` is folded into ``resolution`` here, once, whenever a config is made
+        (composed from YAML, read back from a checkpoint or built in code): nothing else reads it."""
+        if self.image_size is None:
+            return
+        if self.resolution is not None and self.resolution != self.image_size:
+            raise UserError(f"dataset.image_size={self.image_size} and dataset.resolution={self.resolution} "
+                            "disagree; dataset.image_size is the old name of dataset.resolution: set only that")
+        log.warning("dataset.image_size is deprecated: use dataset.resolution=%s", self.image_size)
+        self.resolution, self.image_size = self.image_size, None
 
 
 @dataclass
@@ -203,8 +217,8 @@ def check_metrics(m: MetricsConfig) -> None:
 
 
 def _check_train_extras(t: TrainConfig) -> None:
-    """Augmentation, path length, style mixing, accumulation: the settings that need no other group."""
-    _one_of("train.augment", t.augment, AUGMENTS)
+    """Augmentation, path length, style mixing, accumulation: the settings that need no other group
+    (the augmentation's name is checked by its registry, distgan.augment.check)."""
     for name in ("pl_interval", "pl_batch_shrink", "ada_interval", "ada_kimg", "pl_decay"):
         _positive(f"train.{name}", getattr(t, name))
     if t.batch_per_gpu is not None:
@@ -248,34 +262,21 @@ def _check_model_settings(m: ModelConfig) -> None:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
 
 
-def validate(cfg: Config, *, cuda_devices: int = 0) -> Config:
-    """Raise :class:`UserError` with a one-line fix for the first invalid setting. The checks that need no
-    torch run first, so a typo in a number is answered before torch is imported."""
-    from distgan.launcher.backends import backend  # imports neither torch nor Ray
-
+def validate(cfg: Config, workers: int) -> Config:
+    """Raise :class:`UserError` with a one-line fix for the first invalid setting that needs nothing but the
+    config and the run's number of DDP workers. The rules of each registry (cluster backend, dataset, model,
+    loss, augmentation, feature network) are their owners'; the launcher's pre-flight runs them all
+    (distgan/launcher/preflight.py:check_config)."""
     _check_train(cfg.train)
     _check_model_settings(cfg.model)
     check_metrics(cfg.metrics)
     if cfg.resume not in ("auto", "never") and not cfg.resume:
         raise UserError("resume must be auto, never or a checkpoint path")
-    cluster = backend(cfg.cluster.name)
-    cluster.check(cfg, cuda_devices)
     _positive("cluster.cpus_per_worker", cfg.cluster.cpus_per_worker)
-    workers = cluster.world_size(cfg, cuda_devices)
     if cfg.train.batch_size % workers:
         raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over {workers} workers; "
                         f"use a multiple of {workers}")
     _check_batches(cfg, workers)
-    from distgan import augment, data, losses, models  # the registries: these import torch
-
-    data.check(cfg)
-    models.check(cfg)
-    models.check_micro_batch(cfg, micro_batch(cfg.train, workers)[0])
-    losses.check(cfg)
-    augment.check(cfg)
-    from distgan.metrics.features import FEATURES
-
-    _one_of("metrics.features", cfg.metrics.features, tuple(FEATURES))
     return cfg
 
 

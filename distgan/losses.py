@@ -110,7 +110,8 @@ def spec(name: str) -> type[Loss]:
 
 
 def check(cfg) -> None:
-    """The loss's rules against the rest of the config, run by :func:`distgan.config.validate`."""
+    """The loss's rules against the rest of the config (run by the
+    launcher's pre-flight, distgan/launcher/preflight.py)."""
     loss = spec(cfg.loss.name)
     if cfg.train.r2_gamma > 0 and not loss.fakes_penalty:
         fits = [n for n, cls in LOSSES.items() if cls.fakes_penalty]

@@ -9,6 +9,7 @@ import torch
 import torchvision.utils as vutils
 
 from distgan.data.mixture import MIXTURES, mixture_modes
+from distgan.files import write_atomic
 
 
 def render(x: torch.Tensor, dataset: str, nrow: int | None = None) -> torch.Tensor:
@@ -43,11 +44,10 @@ def render_points(points: torch.Tensor, dataset: str, size: int = 320) -> torch.
 
 
 def save_png(picture: torch.Tensor, path: str | Path) -> None:
+    """``picture`` as a PNG file, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    vutils.save_image(picture, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda f: vutils.save_image(picture, f, format="png"))
 
 
 def class_rows(num_classes: int, num_images: int) -> tuple[torch.Tensor, int]:

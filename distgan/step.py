@@ -27,15 +27,8 @@ from distgan.augment import Augmenter
 from distgan.config import TrainConfig
 from distgan.losses import Loss
 from distgan.models.stylegan2_draws import mixing, noise_maps
-from distgan.optim import (  # noqa: F401 - re-exported: the step's building blocks
-    accelerate,
-    autocast,
-    build_optimizers,
-    build_schedulers,
-    call,
-    lr_factor,
-)
-from distgan.regularizers import (  # noqa: F401 - input_gradient_sq re-exported (tests)
+from distgan.optim import autocast, call
+from distgan.regularizers import (
     PathLengthPenalty,
     input_gradient_sq,
     path_length_noise,

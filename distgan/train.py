@@ -23,25 +23,16 @@ from distgan.config import Config, to_dict
 from distgan.data import ShardedSampler, batch_source, load
 from distgan.losses import build_loss
 from distgan.metrics import Evaluator
-from distgan.metrics.watch import enqueue
+from distgan.metrics.watcher import enqueue
 from distgan.models import build_models
 from distgan.models import spec as model_spec
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
+from distgan.optim import accelerate, autocast, build_optimizers, build_schedulers, call
 from distgan.rng import Stream, counter_generator
 from distgan.rundir import RunDir
 from distgan.samples import class_rows, render, save_png
 from distgan.state import TrainState
-from distgan.step import (
-    GANStep,
-    StepContext,
-    StepStats,
-    Trainable,
-    accelerate,
-    autocast,
-    build_optimizers,
-    build_schedulers,
-    call,
-)
+from distgan.step import GANStep, StepContext, StepStats, Trainable
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]  # per rank and global, every log tick
 R1_STAT = "loss/R1"  # with train.r1_gamma > 0: the mean lazy-R1 penalty of the tick

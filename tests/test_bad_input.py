@@ -16,14 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ["dataset=ring", "model=mlp", "model.width=4"]  # generated data: no dataset is unpacked anywhere
 
 
-def _has_slurm_check() -> bool:
-    try:
-        from distgan.launcher import slurm
-    except ImportError:
-        return False
-    return hasattr(slurm, "check_environment")
-
-
 def _checkpoint(folder: Path, width: int, corrupt: bool = False) -> Path:
     """A real checkpoint of an mlp of ``width`` on 2D points (optionally with a flipped byte)."""
     from distgan import checkpoint
@@ -152,8 +144,6 @@ def test_bad_input_is_one_line(overrides, fixtures, tmp_path, request):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("DISTGAN_DEBUG", None)
-    if row.startswith("slurm") and not _has_slurm_check():
-        pytest.skip("distgan.launcher.slurm.check_environment does not exist yet")
     if row == "more-gpus-than-present" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     if row == "slurm-without-sbatch":

@@ -17,13 +17,13 @@ import torch
 
 from distgan import checkpoint, data
 from distgan import train as train_mod
-from distgan.config import Config, DatasetConfig, ModelConfig, TrainConfig, validate
+from distgan.config import Config, DatasetConfig, ModelConfig, TrainConfig
 from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import BadImageError
 from distgan.data.loader import BatchLoader, default_loader_workers
 from distgan.data.prepare import prepare
 from distgan.errors import UserError
-from distgan.launcher.preflight import _preflight
+from distgan.launcher.preflight import _preflight, check_config
 from distgan.testing import gloo
 from distgan.testing.images import alive, make_flat, make_tree, truncate, truncated_png, write_cifar10
 from distgan.train import train_worker
@@ -74,7 +74,7 @@ def test_image_size_is_the_deprecated_name_of_resolution(fashion_root, caplog):
         cfg = Config(dataset=DatasetConfig(root=fashion_root, image_size=32), run_dir="/tmp/unused")
     assert "dataset.image_size is deprecated: use dataset.resolution=32" in caplog.text
     assert (cfg.dataset.resolution, cfg.dataset.image_size) == (32, None)
-    validate(cfg)
+    check_config(cfg)
     located = data.locate(cfg.dataset)
     assert (located.resolution, located.image_size) == (32, None) and data.resolution(located) == 32
     assert data.load(located).shape == (1, 32, 32)

@@ -64,10 +64,10 @@ def test_batchnorm_model_trains_under_ddp(tmp_path, fashion_root):
 
 
 def test_indivisible_batch_is_rejected_before_training():
-    from distgan.config import validate
     from distgan.errors import UserError
+    from distgan.launcher.preflight import check_config
 
     cfg = Config()
     cfg.cluster.num_workers = 3
     with pytest.raises(UserError, match="does not divide over 3 workers"):
-        validate(cfg)
+        check_config(cfg)

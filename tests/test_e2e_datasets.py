@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from distgan.compose import CONFIG_DIR
 from distgan.data import DATASETS, ShardedSampler
-from distgan.data.folder import FolderDataset
+from distgan.data.image_files import FolderDataset
 from distgan.data.index import index_paths
-from distgan.launcher.compose import CONFIG_DIR
 from distgan.testing.images import make_tree, truncate, write_cifar10, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from distgan import checkpoint
-from distgan.config import validate
-from distgan.launcher.compose import CONFIG_DIR, compose, to_config
+from distgan.compose import CONFIG_DIR, compose, to_config
+from distgan.launcher.preflight import check_config
 from distgan.train import train_worker
 
 RECIPES = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -78,7 +78,7 @@ def test_every_recipe_is_documented_and_promised():
 def test_recipe_trains_end_to_end(name, tmp_path, fashion_root):
     overrides = [*TINY, *SMOKE.get(name, []), f"dataset.root={fashion_root}"]
     cfg = to_config(compose_recipe(name, overrides), str(tmp_path / "run"))
-    validate(cfg, cuda_devices=0)
+    check_config(cfg, cuda_devices=0)
     assert cfg.experiment == name
     for key, value in PROMISES[name].items():
         if not any(o.startswith(f"{key}=") or o.startswith(f"{key.split('.')[0]}=") for o in overrides):

@@ -44,7 +44,7 @@ def test_wheel_install_trains_from_outside_the_clone(tmp_path):
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
     shutil.rmtree(clone)  # nothing of the source tree is left to find configs in
 
-    where = subprocess.run([str(python), "-c", "import distgan, distgan.launcher.compose as c; "
+    where = subprocess.run([str(python), "-c", "import distgan, distgan.compose as c; "
                             "print(distgan.__file__); print(c.CONFIG_DIR)"],
                            env=env, capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
     assert where[0].startswith(purelib) and where[1] == str(Path(purelib) / "distgan" / "configs"), where

@@ -8,12 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from distgan.config import Config, LossConfig, ModelConfig, TrainConfig, validate
+from distgan.config import Config, LossConfig, ModelConfig, TrainConfig
 from distgan.errors import UserError
+from distgan.launcher.preflight import check_config
 from distgan.losses import build_loss
 from distgan.models import build_models
+from distgan.optim import build_optimizers
+from distgan.regularizers import input_gradient_sq
 from distgan.samples import class_rows
-from distgan.step import GANStep, StepContext, Trainable, build_optimizers, input_gradient_sq
+from distgan.step import GANStep, StepContext, Trainable
 from distgan.train import ema_beta, ema_update
 
 REAL = [2.0, -1.0, 0.3]
@@ -169,7 +172,7 @@ def test_lazy_r1_adam_correction():
 
 # --------------------------------------------------------------------------------- lr schedule
 def test_lr_decay_follows_its_formula():
-    from distgan.step import build_schedulers, lr_factor
+    from distgan.optim import build_schedulers, lr_factor
 
     assert [lr_factor(TrainConfig(steps=10), k) for k in (0, 5, 10)] == [1.0, 1.0, 1.0]
     lin = TrainConfig(steps=10, lr_decay="linear", lr_decay_start=0.5)
@@ -278,9 +281,9 @@ def test_conditional_needs_labels():
     cfg = Config()
     cfg.dataset.name, cfg.model.name, cfg.model.conditional = "ring", "mlp", True
     with pytest.raises(UserError, match="labelled dataset"):
-        validate(cfg)
+        check_config(cfg)
     cfg.dataset.name, cfg.model.name = "fashion_mnist", "resnet"
-    validate(cfg)  # resnet is a known model; a labelled dataset is fine
+    check_config(cfg)  # resnet is a known model; a labelled dataset is fine
 
 
 def test_spectral_norm_bounds_every_d_layer():
@@ -324,7 +327,7 @@ def test_mixed_precision_channels_last_compile_on_cuda(precision, tmp_path):
     """On a GPU: autocast, GradScaler (fp16), channels_last and torch.compile through the real loop; R1
     keeps D uncompiled (double backward). Skipped without CUDA."""
     from distgan.data import MemoryDataset
-    from distgan.step import accelerate
+    from distgan.optim import accelerate
 
     device = torch.device("cuda")
     cfg = Config()

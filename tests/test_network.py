@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from distgan.config import ClusterConfig, Config, validate
+from distgan.config import ClusterConfig, Config
 from distgan.errors import UserError
 from distgan.launcher import network, recovery
+from distgan.launcher.preflight import check_config
 from distgan.testing import gloo
 
 
@@ -102,7 +103,7 @@ def test_ray_ports_stay_in_each_nodes_slice_of_the_range():
 def test_bad_network_settings_are_one_line(key, value, message):
     cluster = ClusterConfig(name="slurm", nodes=2, cpus_per_task=1, **{key: value})
     with pytest.raises(UserError, match=message):
-        validate(Config(cluster=cluster, train=Config().train))
+        check_config(Config(cluster=cluster, train=Config().train))
 
 
 def test_requeue_budget_counts_slurms_restarts(monkeypatch, tmp_path):

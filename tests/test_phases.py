@@ -151,7 +151,7 @@ def test_regularisers_run_in_fp32_under_bf16():
 def test_lazy_path_length_and_r2_get_the_lazy_adam_correction():
     """G's Adam with lazy path length (every k G steps) is corrected by c = k/(k+1) like D's with lazy R1;
     R2 alone corrects D the same way; without regularisers nothing changes."""
-    from distgan.step import build_optimizers
+    from distgan.optim import build_optimizers
 
     G, D = nn.Linear(2, 2), nn.Linear(2, 1)
     t = TrainConfig(lr_g=2e-3, lr_d=1e-3, beta1=0.0, beta2=0.99, pl_weight=2.0, pl_interval=4, r2_gamma=1.0,

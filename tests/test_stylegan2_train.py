@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from distgan import checkpoint
-from distgan.config import validate
-from distgan.launcher.compose import load_config
+from distgan.compose import load_config
+from distgan.launcher.preflight import check_config
 from distgan.train import Hooks, train_worker
 from tests.test_sample_evaluate import run_in_process
 
@@ -37,7 +37,7 @@ class StopAfter(Hooks):
 
 
 def config(run_dir: Path, root: str):
-    return validate(load_config([*TINY, f"dataset.root={root}"], str(run_dir)))
+    return check_config(load_config([*TINY, f"dataset.root={root}"], str(run_dir)))
 
 
 @pytest.fixture(scope="module")

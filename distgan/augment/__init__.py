@@ -78,11 +78,12 @@ class Augmenter:
             self.adaptive.load_state_dict(state)
 
 
-def check(cfg) -> None:
-    """The augmentations' rules against the data, run by :func:`distgan.config.validate`."""
-    from distgan import data
-
-    if cfg.train.augment != "none" and data.spec(cfg.dataset.name).kind != "image":
+def check(cfg, data_kind: str) -> None:
+    """``train.augment`` is one of :data:`AUGMENTS` and fits the data (``data_kind``: the dataset's kind,
+    ``image`` or ``points``); run by the launcher's pre-flight."""
+    if cfg.train.augment not in AUGMENTS:
+        raise UserError(f"unknown train.augment {cfg.train.augment!r}; choose one of: {', '.join(AUGMENTS)}")
+    if cfg.train.augment != "none" and data_kind != "image":
         raise UserError(f"train.augment={cfg.train.augment} augments images; dataset={cfg.dataset.name} is 2D "
                         "points: set train.augment=none")
 

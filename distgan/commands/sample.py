@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     import numpy as np
     import torch
 
+    from distgan.files import write_atomic
     from distgan.metrics.evaluator import generate
     from distgan.rng import eval_latents
     from distgan.samples import render, save_png
@@ -62,11 +63,12 @@ def main(argv: list[str]) -> None:
         labels = torch.full_like(labels, args.label)
     x = generate(G, z, labels, torch.device("cpu"))
     if out.suffix == ".npy":
-        cli.write_atomic(out, lambda tmp: np.save(tmp, x.numpy()))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, lambda f: np.save(f, x.numpy()))
     else:
         nrow = args.nrow or (classes if classes and args.label is None and args.num_samples >= classes else None)
         picture = render(x, cfg.dataset.name, nrow=nrow)
-        cli.write_atomic(out, lambda tmp: save_png(picture, tmp))
+        save_png(picture, out)
     psi = f", truncation {args.truncation:g}" if args.truncation != 1.0 else ""
     print(f"{args.num_samples} samples from step {state.step} ({'G_ema' if state.used_ema else 'G'}{psi}) -> {out}")
 

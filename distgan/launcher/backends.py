@@ -1,5 +1,6 @@
-"""Where the DDP workers run: one entry per ``cluster=`` option, with its rules, its world size and its
-launcher. Imports neither torch nor Ray nor submitit (config validation uses it); launching imports them.
+"""Where the DDP workers run: one entry per ``cluster=`` option with its rules, its world size and its
+site checks. Imports neither torch nor Ray nor submitit, nor the launchers (distgan/launcher/local.py,
+slurm.py): the pre-flight uses these rules before anything starts, and main.py picks the launcher.
 """
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +24,6 @@ class Backend:
     check: Callable[[Config, int], None]  # (cfg, CUDA devices here) -> UserError on a bad cluster setting
     world_size: Callable[[Config, int], int]  # DDP workers of the run
     use_gpu: Callable[[Config, int], bool]
-    launch: Callable[[Config, int], str]  # train (or submit) the run; returns what to print
     local_gpus: bool  # whether the GPUs are this machine's (the driver counts them) or the nodes'
     check_environment: Callable[[Config], None] = lambda cfg: None  # site checks before anything starts
 
@@ -45,12 +47,6 @@ def _local_check(cfg: Config, cuda_devices: int) -> None:
     if _local_use_gpu(cfg, cuda_devices) and workers > cuda_devices:
         raise UserError(f"cluster.num_workers={workers} asks for more GPUs than the {cuda_devices} present; "
                         f"set cluster.num_workers<={cuda_devices} or cluster.use_gpu=false")
-
-
-def _local_launch(cfg: Config, cuda_devices: int) -> str:
-    from distgan.launcher import local
-
-    return local.launch(cfg, cuda_devices)
 
 
 # ------------------------------------------------------------------------------------------- slurm
@@ -91,21 +87,23 @@ def _check_port_range(port_range: str | None, nodes: int) -> None:
 
 
 def _slurm_check_environment(cfg: Config) -> None:
-    from distgan.launcher import slurm
-
-    slurm.check_environment(cfg)
-
-
-def _slurm_launch(cfg: Config, cuda_devices: int) -> str:
-    from distgan.launcher import slurm
-
-    return slurm.launch(cfg)
+    """Fail before submission: no SLURM client tools, or a partition the cluster does not have."""
+    if shutil.which("sbatch") is None:
+        raise UserError("sbatch not found: cluster=slurm must run on a SLURM login node (or use cluster=local)")
+    if cfg.cluster.partition:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UserError(f"cannot ask SLURM for its partitions (sinfo: {e}); is slurmctld reachable?") from None
+        partitions = sorted(set(out.stdout.split()))
+        if out.returncode == 0 and cfg.cluster.partition not in partitions:
+            raise UserError(f"no such partition {cfg.cluster.partition!r}; this cluster has: {', '.join(partitions)}")
 
 
 BACKENDS: dict[str, Backend] = {
-    "local": Backend(_local_check, _local_world_size, _local_use_gpu, _local_launch, local_gpus=True),
+    "local": Backend(_local_check, _local_world_size, _local_use_gpu, local_gpus=True),
     "slurm": Backend(_slurm_check, lambda cfg, _: cfg.cluster.nodes * workers_per_node(cfg.cluster),
-                     lambda cfg, _: cfg.cluster.gpus_per_node > 0, _slurm_launch, local_gpus=False,
+                     lambda cfg, _: cfg.cluster.gpus_per_node > 0, local_gpus=False,
                      check_environment=_slurm_check_environment),
 }
 

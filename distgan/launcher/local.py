@@ -10,21 +10,14 @@ from distgan.config import Config
 from distgan.launcher import eval_actor
 from distgan.launcher.backends import world_size
 from distgan.launcher.progress import follow, summary
-from distgan.launcher.ray_train import fit, run_in_thread, secure_ray_env
-
-# Ray for one run on one machine: what a training CLI does not use is off, because on a small machine
-# every extra Python process costs ~1.5 CPU-s before the first step (docs/benchmarks.md, start-up).
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor watching for node drains: one node
-                 "RAY_TRAIN_METRICS_ENABLED": "0"}  # Ray Train's Prometheus metrics (collection is off)
-# Ray pre-starts one idle worker per CPU; Ray Train's actors start their own processes and leave them idle.
-RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+from distgan.launcher.ray_train import RAY_ENV, RAY_SYSTEM_CONFIG, fit, run_in_thread, secure_ray_env
 
 
 def launch(cfg: Config, cuda_devices: int) -> str:
     """Train to the end, showing progress; returns the summary text. Raises what the workers raised."""
     run_dir = Path(cfg.run_dir)
     secure_ray_env(run_dir)  # before Ray is imported: it reads the auth mode once
-    os.environ.update(LOCAL_RAY_ENV)
+    os.environ.update(RAY_ENV)
     import ray
 
     needed = world_size(cfg, cuda_devices) * cfg.cluster.cpus_per_worker

@@ -1,5 +1,7 @@
 """``distgan-train`` / ``python launch/run.py``: the command line is checked and pre-flighted
-(precheck.py), Hydra composes the config and creates the run directory, and the chosen backend trains."""
+(command_line.py, preflight.py), Hydra composes the config and creates the run directory, and the chosen
+cluster's launcher trains (local.py: Ray on this machine; slurm.py: a submitit job). Also the entry of a
+plain sbatch job (:func:`run_in_allocation`, launch/slurm_allocation.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import traceback
 from omegaconf import DictConfig
 
 from distgan.cli import debug, fail
+from distgan.compose import CONFIG_DIR, register_schema, to_config
+from distgan.config import Config
 from distgan.errors import UserError, first_line
-from distgan.launcher.compose import CONFIG_DIR, register_schema, to_config
 from distgan.rundir import RunDir
 
 log = logging.getLogger("distgan")
@@ -21,7 +24,6 @@ def run(dcfg: DictConfig) -> None:
     """One training run (one point of a sweep), inside Hydra's app: Hydra made the run directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    from distgan.launcher.backends import backend
     from distgan.launcher.preflight import preflight, prepare_run_dir
     from distgan.launcher.ray_train import root_cause
 
@@ -39,7 +41,7 @@ def run(dcfg: DictConfig) -> None:
         print(checked.resume_note, flush=True)
         log.info(checked.resume_note)
     try:
-        print(backend(cfg.cluster.name).launch(cfg, checked.cuda_devices))
+        print(_launch(cfg, checked.cuda_devices))
     except KeyboardInterrupt:
         fail(f"interrupted; the last checkpoint in {run_dir.checkpoints} is intact "
              "(run again with the same hydra.run.dir to resume)", 130)
@@ -55,11 +57,40 @@ def run(dcfg: DictConfig) -> None:
              f"(details in {run_dir.log}; HYDRA_FULL_ERROR=1 for the traceback)", 1)
 
 
+def _launch(cfg: Config, cuda_devices: int) -> str:
+    """Train (cluster=local) or submit (cluster=slurm) the checked run; returns what to print."""
+    if cfg.cluster.name == "slurm":
+        from distgan.launcher import slurm
+
+        return slurm.launch(cfg)
+    from distgan.launcher import local
+
+    return local.launch(cfg, cuda_devices)
+
+
+def run_in_allocation(argv: list[str]) -> None:
+    """``srun python launch/slurm_allocation.py hydra.run.dir=DIR [overrides]`` in every task of a plain
+    sbatch job (slurm/ray_cluster.sbatch): the same job without submitit's submission or requeue."""
+    import submitit
+
+    from distgan.compose import load_config
+    from distgan.launcher.preflight import preflight, prepare_run_dir
+    from distgan.launcher.slurm_job import SlurmJob
+
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    if not run_dir:
+        raise UserError("pass hydra.run.dir=/shared/path/run (on storage every node sees)")
+    cfg = preflight(load_config(["cluster=slurm", *[a for a in argv if not a.startswith("hydra.")]], run_dir)).cfg
+    if submitit.JobEnvironment().global_rank == 0:
+        prepare_run_dir(cfg)
+    print(SlurmJob(cfg)())
+
+
 def cli() -> None:
     """The ``distgan-train`` console script (and ``launch/run.py``)."""
     import hydra
 
-    from distgan.launcher.precheck import check_command_line
+    from distgan.launcher.command_line import check_command_line
 
     sys.argv[1:] = check_command_line(sys.argv[1:])  # one-line errors and the pre-flight, before any folder
     register_schema()

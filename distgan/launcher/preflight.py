@@ -1,19 +1,20 @@
 """Every check of a run that can fail on user input, once per launch, in the driver, before anything is
-started or written: the config (distgan.config.validate), the data, the run directory, its checkpoints
-and the cluster's environment. Then the run directory is created."""
+started or written: the config (:func:`check_config`: the shared rules of distgan.config.validate and
+every registry's own), the data, the run directory, its checkpoints and the cluster's environment. Then
+the run directory is created."""
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from distgan.config import Config, to_dict, validate
+from distgan.config import Config, micro_batch, to_dict, validate
 from distgan.errors import UserError, first_line
+from distgan.files import probe_writable
 from distgan.launcher.backends import backend, cuda_devices_for
 from distgan.rundir import RunDir
 
@@ -37,12 +38,34 @@ def preflight(cfg: Config) -> Checked:
     return _DONE[key]
 
 
+def check_config(cfg: Config, cuda_devices: int = 0) -> Config:
+    """The config's rules, nothing read: the cluster backend's and the shared ones first (no torch, so a
+    typo in a number is answered at once), then each registry's own — dataset, loss, augmentation,
+    feature network, the model's micro-batch. The model's rules against the data's size run after the data
+    is located (:func:`preflight`). Returns ``cfg``."""
+    cluster = backend(cfg.cluster.name)
+    cluster.check(cfg, cuda_devices)
+    workers = cluster.world_size(cfg, cuda_devices)
+    validate(cfg, workers)
+    from distgan import augment, data, losses, models  # the registries: these import torch
+    from distgan.metrics.evaluator import FEATURES
+
+    data.check(cfg)
+    losses.check(cfg)
+    augment.check(cfg, data.spec(cfg.dataset.name).kind)
+    if cfg.metrics.features not in FEATURES:
+        raise UserError(f"unknown metrics.features {cfg.metrics.features!r}; choose one of: {', '.join(FEATURES)}")
+    models.check_micro_batch(cfg, micro_batch(cfg.train, workers)[0])
+    return cfg
+
+
 def _preflight(cfg: Config) -> Checked:
     cuda = cuda_devices_for(cfg)
-    validate(cfg, cuda_devices=cuda)  # its first checks need no torch: a typo is answered before importing it
-    from distgan import data
+    check_config(cfg, cuda)
+    from distgan import data, models
 
     cfg = replace(cfg, dataset=data.locate(cfg.dataset))  # a folder or zip: its index (no image decoded)
+    models.check(cfg)  # after locate(), which pins the resolution of a folder or zip
     _check_data_readable(cfg)
     _check_metrics(cfg)
     run_dir = RunDir(cfg.run_dir)
@@ -56,12 +79,11 @@ def _check_data_readable(cfg: Config) -> None:
     """Decode a small in-memory training set once here, so a corrupt file is one line now and not a crash
     in every worker later; a streamed folder or zip is opened over its index (no image is decoded, and
     nothing is staged: the driver may be a login node). Then the rules that need the data itself."""
-    from distgan import data, models
+    from distgan import data
 
     spec = data.spec(cfg.dataset.name)
     if not (spec.check_readable or spec.streamed):
         return
-    models.check(cfg)  # again: locate() has pinned the resolution of a folder or zip
     try:
         dataset = data.load(replace(cfg.dataset, stage_dir=None), seed=cfg.train.seed)
     except UserError:
@@ -78,7 +100,7 @@ def _check_metrics(cfg: Config) -> None:
     is one line now and not a failed evaluation after hours of training. (An async run on SLURM is scored
     by ``launch/evaluate.py watch=RUN_DIR`` elsewhere, which checks them itself.)"""
     from distgan import data
-    from distgan.metrics.async_eval import check_weights
+    from distgan.metrics.inception_metrics import check_weights
 
     if not cfg.train.eval_every or data.spec(cfg.dataset.name).kind != "image":
         return
@@ -88,14 +110,10 @@ def _check_metrics(cfg: Config) -> None:
 
 
 def _check_writable(path: Path) -> None:
-    """Probe by creating (and removing) a folder: ``os.access`` says yes to root on read-only mounts."""
-    probe = path if path.is_dir() else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
-        Path(tempfile.mkdtemp(prefix=".distgan-probe-", dir=probe)).rmdir()
+        probe_writable(path)
     except OSError as e:
-        raise UserError(f"run directory {path} is not writable ({e.strerror}); set hydra.run.dir to a folder "
+        raise UserError(f"run directory {path} is not writable ({e.strerror or e}); set hydra.run.dir to a folder "
                         "you can write") from None
 
 

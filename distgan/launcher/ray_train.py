@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from distgan.config import Config, from_dict, to_dict
+from distgan.files import temp_name
 from distgan.launcher.backends import use_gpu, world_size
 from distgan.rundir import RunDir
 
 TOKEN_FILE = RunDir.TOKEN
+
+# Ray for one run (one machine, or one SLURM allocation): what a training CLI does not use is off, because
+# on a small machine every extra Python process costs ~1.5 CPU-s before the first step (docs/benchmarks.md).
+RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor watching for node drains (SLURM drains none)
+           "RAY_TRAIN_METRICS_ENABLED": "0"}  # Ray Train's Prometheus metrics (collection is off)
+# Ray pre-starts one idle worker per CPU; Ray Train's actors start their own processes and leave them idle.
+RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 def secure_ray_env(run_dir: Path) -> dict[str, str]:
@@ -26,8 +34,8 @@ def secure_ray_env(run_dir: Path) -> dict[str, str]:
     without it, so the mode is always set explicitly."""
     path = RunDir(run_dir).token
     if not path.exists():  # written aside, then linked into place: no task ever reads half a token
-        tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = temp_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
         try:

@@ -1,15 +1,15 @@
 """cluster=slurm, the login-node side: submit one job (one task per node) with submitit; the job runs a
 Ray cluster.
 
-:func:`launch`: check the site (sbatch, partition), write the per-run Ray token, submit, print where
-everything goes, and either return or (``cluster.wait=true``) follow the job to its end.
-:func:`run_in_allocation`: the same job started by a plain sbatch script instead (launch/slurm_allocation.py).
+:func:`launch` (the site — sbatch, partition — was checked by the pre-flight): write the per-run Ray
+token, submit, print where everything goes, and either return or (``cluster.wait=true``) follow the job
+to its end.
+(The same job started by a plain sbatch script instead: distgan.launcher.main.run_in_allocation.)
 Inside the job every task runs :class:`distgan.launcher.slurm_job.SlurmJob`.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,20 +23,6 @@ from distgan.rundir import RunDir
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED")
-
-
-def check_environment(cfg: Config) -> None:
-    """Fail before submission: no SLURM client tools, or a partition the cluster does not have."""
-    if shutil.which("sbatch") is None:
-        raise UserError("sbatch not found: cluster=slurm must run on a SLURM login node (or use cluster=local)")
-    if cfg.cluster.partition:
-        try:
-            out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise UserError(f"cannot ask SLURM for its partitions (sinfo: {e}); is slurmctld reachable?") from None
-        partitions = sorted(set(out.stdout.split()))
-        if out.returncode == 0 and cfg.cluster.partition not in partitions:
-            raise UserError(f"no such partition {cfg.cluster.partition!r}; this cluster has: {', '.join(partitions)}")
 
 
 def executor_parameters(cfg: Config) -> dict:
@@ -144,21 +130,3 @@ def launch(cfg: Config) -> str:
     if final != "COMPLETED":
         raise UserError(failure_line(run_dir.path, str(job.job_id), final, folder / f"{job.job_id}_0_log.out"))
     return summary(run_dir.path, last)
-
-
-def run_in_allocation(argv: list[str]) -> None:
-    """``srun python launch/slurm_allocation.py hydra.run.dir=DIR [overrides]`` in every task of a plain
-    sbatch job (slurm/ray_cluster.sbatch): the same job without submitit's submission or requeue."""
-    import submitit
-
-    from distgan.launcher.compose import load_config
-    from distgan.launcher.preflight import preflight, prepare_run_dir
-    from distgan.launcher.slurm_job import SlurmJob
-
-    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
-    if not run_dir:
-        raise UserError("pass hydra.run.dir=/shared/path/run (on storage every node sees)")
-    cfg = preflight(load_config(["cluster=slurm", *[a for a in argv if not a.startswith("hydra.")]], run_dir)).cfg
-    if submitit.JobEnvironment().global_rank == 0:
-        prepare_run_dir(cfg)
-    print(SlurmJob(cfg)())

@@ -37,9 +37,8 @@ from distgan.config import Config
 from distgan.errors import UserError, first_line
 from distgan.launcher import network, recovery
 from distgan.launcher.backends import workers_per_node
-from distgan.launcher.local import LOCAL_RAY_ENV, RAY_SYSTEM_CONFIG
 from distgan.launcher.network import Endpoint
-from distgan.launcher.ray_train import root_cause, secure_ray_env
+from distgan.launcher.ray_train import RAY_ENV, RAY_SYSTEM_CONFIG, root_cause, secure_ray_env
 from distgan.rundir import RunDir
 
 log = logging.getLogger("distgan")
@@ -117,7 +116,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         self.slurm_dir.mkdir(parents=True, exist_ok=True)
         secure_ray_env(self.run_dir)
         os.environ.update(recovery.ray_failure_env(self.cfg.cluster.node_failure_timeout_s))
-        os.environ.update(LOCAL_RAY_ENV)  # SLURM drains no Ray node, and the metrics are off: two actors fewer
+        os.environ.update(RAY_ENV)  # SLURM drains no Ray node, and the metrics are off: two actors fewer
         try:
             recovery.check_budget(self.cfg.cluster.max_requeues, self.run_dir)
             if env.global_rank == 0:

@@ -61,7 +61,8 @@ def spec(name: str) -> ModelSpec:
 
 
 def check(cfg: Config) -> None:
-    """The model's rules against the data it is given, run by :func:`distgan.config.validate`."""
+    """The model's rules against the data it is given (run by the
+    launcher's pre-flight, distgan/launcher/preflight.py)."""
     from distgan import data
 
     model, kind = spec(cfg.model.name), data.spec(cfg.dataset.name).kind

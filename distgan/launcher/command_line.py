@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from distgan.cli import debug, fail
+from distgan.compose import check_group_choices, compose, to_config
 from distgan.errors import UserError
-from distgan.launcher.compose import check_group_choices, compose, to_config
+from distgan.files import probe_writable
 
 # Hydra flags after which the command line is not a training run (or uses another config): left to Hydra.
 _HYDRA_ONLY = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion",
@@ -137,15 +137,13 @@ def _check_output_dir(dcfg: DictConfig, multirun: bool) -> Path | None:
         path = Path(str(OmegaConf.select(dcfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
     except Exception:  # noqa: BLE001 - an interpolation only Hydra's runtime can resolve: Hydra checks it
         return None
-    probe = path.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     what = "sweep" if multirun else "run"
-    if not probe.is_dir():
-        fail(f"{what} directory {path} cannot be created: {probe} is not a folder; set hydra.{what}.dir")
     try:
-        Path(tempfile.mkdtemp(prefix=".distgan-probe-", dir=probe)).rmdir()
+        probe_writable(path)
+    except NotADirectoryError as e:
+        fail(f"{what} directory {path} cannot be created: {e}; set hydra.{what}.dir")
     except OSError as e:
-        fail(f"{what} directory {path} is not writable ({e.strerror} in {probe}); set hydra.{what}.dir "
+        where = Path(e.filename).parent if e.filename else path
+        fail(f"{what} directory {path} is not writable ({e.strerror} in {where}); set hydra.{what}.dir "
              "to a folder you can write")
     return path
