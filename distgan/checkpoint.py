@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from distgan.errors import UserError, first_line
+from distgan.files import fsync_dir, write_atomic
 from distgan.rundir import RunDir
 
 STATE, META, LATEST, BEST = "state.pt", "meta.json", "latest", "best"
@@ -55,6 +56,7 @@ def save(root: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> P
         link.unlink()
     link.symlink_to(final.name)
     os.replace(link, root / LATEST)
+    fsync_dir(root)
     for old in list_checkpoints(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -79,8 +81,7 @@ def _write_folder(root: Path, name: str, state: dict[str, Any], meta: dict[str, 
     torch.save(state, tmp / STATE)
     _fsync(tmp / STATE)
     meta = {**meta, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
-    (tmp / META).write_text(json.dumps(meta))
-    _fsync(tmp / META)
+    write_atomic(tmp / META, json.dumps(meta))
     replace_folder(tmp, final, old)
     return final
 
@@ -91,6 +92,7 @@ def replace_folder(new: Path, final: Path, aside: Path) -> None:
     if final.exists():
         os.replace(final, aside)
     os.replace(new, final)
+    fsync_dir(final.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 

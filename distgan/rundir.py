@@ -21,6 +21,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from distgan.files import write_atomic
+
 
 class RunDir:
     CONFIG = "config.yaml"
@@ -67,7 +69,7 @@ class RunDir:
         and write the resolved config."""
         self.path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, stat.S_IRWXU)
-        self.config.write_text(config_yaml)
+        write_atomic(self.config, config_yaml)
 
     def discard_if_empty(self) -> None:
         """Remove a directory Hydra created for a command that then failed, so bad input leaves nothing

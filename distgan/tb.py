@@ -38,6 +38,10 @@ class TBWriter:
             if math.isfinite(value):
                 self.glob.add_scalar(f"metrics/{name}", value, step)
 
+    def text(self, step: int, tag: str, markdown: str) -> None:
+        """A text entry (TensorBoard's Text tab) on the global run."""
+        self.glob.add_text(tag, markdown, step)
+
     def image(self, step: int, picture: torch.Tensor) -> None:
         self.glob.add_image("samples", picture, step)
 

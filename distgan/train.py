@@ -31,6 +31,7 @@ from distgan.optim import accelerate, autocast, build_optimizers, build_schedule
 from distgan.rng import Stream, counter_generator
 from distgan.rundir import RunDir
 from distgan.samples import class_rows, render, save_png
+from distgan.startup import DataFacts, describe, markdown, parameters
 from distgan.state import TrainState
 from distgan.step import GANStep, StepContext, StepStats, Trainable
 
@@ -184,6 +185,9 @@ class Training:
             from distgan.tb import TBWriter
 
             self.writer = TBWriter(self.run_dir.tb, self.world, purge_step=self.step + 1 if self.step else None)
+            facts = DataFacts(len(self.data), tuple(self.data.shape), self.data.num_classes)
+            self.writer.text(self.step, "run", markdown(describe(cfg, facts, parameters(self.G), parameters(self.D),
+                                                                   self.world, self.device.type)))
         # train.eval_mode=async: no evaluation here; evaluation ticks' checkpoints go to the async evaluator
         self.evaluator = Evaluator(cfg, self.device, seed=t.seed, best=checkpoint.best_scores(self.run_dir.checkpoints),
                                    data=self.data) if t.eval_every and t.eval_mode == "inline" else None

@@ -63,7 +63,7 @@ def _folders(root, n: int, size: int = 32):
 
 
 def _distgan_fid(extractor, a, b, n):
-    ra, rb = (E.stream(sources.folder_batches(d, 25)[1], extractor, n, I.DIM, keep=0) for d in (a, b))
+    ra, rb = (E.accumulate(sources.folder_batches(d, 25)[1], extractor, n, I.DIM, keep=0) for d in (a, b))
     return S.fid(ra, rb)
 
 

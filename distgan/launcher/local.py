@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from distgan.config import Config
-from distgan.launcher import eval_actor
+from distgan.launcher import watcher_actor
 from distgan.launcher.backends import world_size
 from distgan.launcher.progress import follow, summary
 from distgan.launcher.ray_train import RAY_ENV, RAY_SYSTEM_CONFIG, fit, run_in_thread, secure_ray_env
@@ -26,13 +26,13 @@ def launch(cfg: Config, cuda_devices: int) -> str:
              configure_logging=True, _system_config=RAY_SYSTEM_CONFIG)
     note = None
     try:
-        # train.eval_mode=async: the evaluator scores checkpoints beside the trainer (distgan/launcher/eval_actor.py)
-        evaluator = eval_actor.start(cfg, cuda_devices) if eval_actor.wanted(cfg) else None
+        # train.eval_mode=async: the evaluator scores checkpoints beside the trainer (distgan/launcher/watcher_actor.py)
+        evaluator = watcher_actor.start(cfg, cuda_devices) if watcher_actor.wanted(cfg) else None
         thread, box = run_in_thread(fit, cfg, cuda_devices)
         last = follow(run_dir, cfg.train.steps, done=lambda: not thread.is_alive())
         thread.join()
         if evaluator is not None:
-            note = eval_actor.finish(evaluator, run_dir, training_ok=box["error"] is None)
+            note = watcher_actor.finish(evaluator, run_dir, training_ok=box["error"] is None)
     finally:
         ray.shutdown()
     if box["error"] is not None:

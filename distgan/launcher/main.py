@@ -24,7 +24,7 @@ def run(dcfg: DictConfig) -> None:
     """One training run (one point of a sweep), inside Hydra's app: Hydra made the run directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    from distgan.launcher.preflight import preflight, prepare_run_dir
+    from distgan.launcher.preflight import preflight, prepare_run_dir, startup_summary
     from distgan.launcher.ray_train import root_cause
 
     run_dir = RunDir(HydraConfig.get().runtime.output_dir)
@@ -37,6 +37,7 @@ def run(dcfg: DictConfig) -> None:
             raise
         fail(str(e))
     cfg = checked.cfg
+    print(startup_summary(checked), flush=True)
     if checked.resume_note:
         print(checked.resume_note, flush=True)
         log.info(checked.resume_note)

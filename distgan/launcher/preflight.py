@@ -17,6 +17,7 @@ from distgan.errors import UserError, first_line
 from distgan.files import probe_writable
 from distgan.launcher.backends import backend, cuda_devices_for
 from distgan.rundir import RunDir
+from distgan.startup import DataFacts, describe, parameters
 
 log = logging.getLogger("distgan")
 
@@ -26,6 +27,7 @@ class Checked:
     cfg: Config  # validated, with dataset.root resolved
     cuda_devices: int  # CUDA devices this process can give the run (cluster=local)
     resume_note: str | None  # "resuming from checkpoints/step_0000030 (step 30 of 45)" when a run continues
+    data: DataFacts  # the training set as the driver sees it (for the start-up summary)
 
 
 _DONE: dict[tuple[str, str], Checked] = {}  # the pre-check and Hydra's run see the same run: check it once
@@ -66,24 +68,22 @@ def _preflight(cfg: Config) -> Checked:
 
     cfg = replace(cfg, dataset=data.locate(cfg.dataset))  # a folder or zip: its index (no image decoded)
     models.check(cfg)  # after locate(), which pins the resolution of a folder or zip
-    _check_data_readable(cfg)
+    facts = _check_data_readable(cfg)
     _check_metrics(cfg)
     run_dir = RunDir(cfg.run_dir)
     _check_writable(run_dir.path)
     note = _check_checkpoints(cfg, run_dir)
     backend(cfg.cluster.name).check_environment(cfg)
-    return Checked(cfg, cuda, note)
+    return Checked(cfg, cuda, note, facts)
 
 
-def _check_data_readable(cfg: Config) -> None:
+def _check_data_readable(cfg: Config) -> DataFacts:
     """Decode a small in-memory training set once here, so a corrupt file is one line now and not a crash
     in every worker later; a streamed folder or zip is opened over its index (no image is decoded, and
-    nothing is staged: the driver may be a login node). Then the rules that need the data itself."""
+    nothing is staged: the driver may be a login node); the 2D mixtures are generated. Then the rules that
+    need the data itself."""
     from distgan import data
 
-    spec = data.spec(cfg.dataset.name)
-    if not (spec.check_readable or spec.streamed):
-        return
     try:
         dataset = data.load(replace(cfg.dataset, stage_dir=None), seed=cfg.train.seed)
     except UserError:
@@ -93,6 +93,26 @@ def _check_data_readable(cfg: Config) -> None:
                         f"({type(e).__name__}{': ' + first_line(e, 120) if str(e).strip() else ''}); the files "
                         "look truncated or corrupt: delete them and copy them again") from None
     data.check_loaded(cfg, dataset)
+    return DataFacts(len(dataset), tuple(dataset.shape), dataset.num_classes)
+
+
+def startup_summary(checked: Checked) -> str:
+    """The lines the driver prints before training (distgan/startup.py); the networks are built on the
+    meta device only to count their parameters."""
+    import torch
+
+    from distgan.models import build_models
+
+    cfg, facts = checked.cfg, checked.data
+    classes = facts.classes if cfg.model.conditional else 0
+    try:
+        with torch.device("meta"):
+            G, D = build_models(cfg.model, facts.shape, classes)
+    except (RuntimeError, NotImplementedError):  # a layer that computes on its weights when built
+        G, D = build_models(cfg.model, facts.shape, classes)
+    cluster = backend(cfg.cluster.name)
+    device = "cuda" if cluster.use_gpu(cfg, checked.cuda_devices) else "cpu"
+    return describe(cfg, facts, parameters(G), parameters(D), cluster.world_size(cfg, checked.cuda_devices), device)
 
 
 def _check_metrics(cfg: Config) -> None:

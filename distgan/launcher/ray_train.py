@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distgan.config import Config, from_dict, to_dict
-from distgan.files import temp_name
+from distgan.files import temp_name, write_atomic
 from distgan.launcher.backends import use_gpu, world_size
 from distgan.rundir import RunDir
 
@@ -98,7 +98,7 @@ def _record_placement(run_dir: Path, rank: int) -> None:
             **network.gloo_endpoints()}
     folder = RunDir(run_dir).workers
     folder.mkdir(exist_ok=True)
-    (folder / f"rank{rank}.json").write_text(json.dumps(info))
+    write_atomic(folder / f"rank{rank}.json", json.dumps(info))
 
 
 def fit(cfg: Config, cuda_devices: int) -> None:

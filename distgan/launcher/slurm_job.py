@@ -35,6 +35,7 @@ import distgan
 from distgan import checkpoint
 from distgan.config import Config
 from distgan.errors import UserError, first_line
+from distgan.files import write_atomic
 from distgan.launcher import network, recovery
 from distgan.launcher.backends import workers_per_node
 from distgan.launcher.network import Endpoint
@@ -190,7 +191,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         try:
             # published only once it answers on the chosen interface: joiners then know a failure is theirs
             network.wait_reachable(me.address, port, me, REACH_TIMEOUT_S, what="this node's own Ray head")
-            self._marker("head").write_text(json.dumps({
+            write_atomic(self._marker("head"), json.dumps({
                 "address": f"{me.address}:{port}", "ip": me.address, "port": port, "interface": me.interface,
                 "node": network.node_name()}))
             ray.init(address=f"{me.address}:{port}", _node_ip_address=me.address, logging_level=logging.ERROR,
@@ -207,7 +208,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
                     raise box["error"]
             return lost
         finally:
-            self._marker("done").write_text("{}")
+            write_atomic(self._marker("done"), "{}")
             try:
                 ray.shutdown()
             finally:
@@ -332,7 +333,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         if rd.done_file.exists():  # training already reached train.steps: nothing to save or to requeue
             return None
         before = set(checkpoint.list_checkpoints(rd.checkpoints))
-        rd.stop_file.write_text("time limit")
+        write_atomic(rd.stop_file, "time limit")
         deadline = time.monotonic() + max(self.cfg.cluster.signal_delay_s - 15, 5)
         while time.monotonic() < deadline and not rd.done_file.exists():
             if set(checkpoint.list_checkpoints(rd.checkpoints)) - before:

@@ -55,8 +55,8 @@ def metric_suffix(num_samples: int, full: bool) -> str:
     return n + ("_full" if full else "")
 
 
-def stream(batches: Batches, extractor: Callable[[torch.Tensor], torch.Tensor], n: int, dim: int,
-           keep: int = KEEP, device: str | torch.device = "cpu") -> S.FeatureStats:
+def accumulate(batches: Batches, extractor: Callable[[torch.Tensor], torch.Tensor], n: int, dim: int,
+               keep: int = KEEP, device: str | torch.device = "cpu") -> S.FeatureStats:
     """This rank's statistics of ``batches`` ((global indices, images) pairs of a set of ``n``), then
     summed over the ranks. Rows kept for KID/PR: global index j with j % stride == 0, stride = n // keep."""
     keep = min(keep, n)
@@ -81,7 +81,7 @@ def reference_stats(batches: Callable[[int, int], Batches], meta: dict, extracto
         tdist.broadcast_object_list(found, src=0)  # every rank computes, or none does
     if found[0]:
         return ref
-    st = stream(batches(rank, world), extractor, meta["num_real"], dim, keep, device)
+    st = accumulate(batches(rank, world), extractor, meta["num_real"], dim, keep, device)
     if rank != 0:
         return None
     ref = S.Reference.of(st, meta)
@@ -112,7 +112,7 @@ def score_streamed(fake_batches: Callable[[int, int], Batches], real: S.Referenc
     """Every rank: stream this rank's share of ``num_samples`` generated images (``fake_batches(rank,
     world)``), all-reduce; rank 0 returns (metrics, metadata), the others ({}, {})."""
     rank, world = dist.rank(), dist.world_size()
-    st = stream(fake_batches(rank, world), extractor, num_samples, dim, keep, device)
+    st = accumulate(fake_batches(rank, world), extractor, num_samples, dim, keep, device)
     if rank != 0:
         return {}, {}
     if real is None:
@@ -214,7 +214,7 @@ class InceptionMetrics:
         """One process: (metrics, metadata) of ``n`` given images (``(indices, images)`` batches, e.g.
         :func:`distgan.metrics.sources.sample_batches`) against the dataset's reference."""
         ref = self.reference(data, device)
-        fake = stream(batches, self.net, n, DIM, self.m.kid_pr_samples, device)
+        fake = accumulate(batches, self.net, n, DIM, self.m.kid_pr_samples, device)
         full = self.m.num_real is None or ref.count >= ref.meta.get("training_set", 0)
         metrics, meta = score(fake, ref, n, full, device)
         return metrics, {**meta, "training_set": ref.meta.get("training_set")}

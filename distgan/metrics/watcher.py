@@ -1,7 +1,7 @@
 """The asynchronous evaluator: score each finished checkpoint of a run as it appears, so training never
 waits for its metrics (``train.eval_mode=async``; StyleGAN3 users' runs "stuck at Evaluating metrics").
 :func:`score_run` scores a run as the inline evaluator would; it is shared by the Ray actor that runs
-beside the trainer (cluster=local, distgan/launcher/eval_actor.py) and ``python launch/evaluate.py
+beside the trainer (cluster=local, distgan/launcher/watcher_actor.py) and ``python launch/evaluate.py
 watch=RUN_DIR`` (any machine that sees the run directory: a login node, a small job, a laptop with the
 folder mounted). :func:`watch` is its loop, :func:`enqueue` the trainer's side of the queue.
 
