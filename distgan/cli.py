@@ -79,12 +79,16 @@ def required() -> Any:
 
 def load_generator(path: str, ema: bool = True, device: str = "cpu"):
     """(G in eval mode, the run's Config, the checkpoint's TrainState); G_ema when present and ``ema``.
-    ``state.used_ema`` is added: whether G_ema was used."""
-    from distgan import checkpoint
+    ``state.used_ema`` is added: whether G_ema was used. A network pickle (``.pkl``: StyleGAN2-ADA-pytorch /
+    StyleGAN3, read without running its code by :mod:`distgan.pretrained`) gives a Config of ``model=stylegan2``
+    with its architecture and a TrainState of step 0."""
+    from distgan import checkpoint, pretrained
     from distgan.config import from_dict
     from distgan.models import build_models
     from distgan.state import TrainState
 
+    if pretrained.is_pickle(path):
+        return _load_pickle_generator(path, ema, device)
     state = TrainState.from_dict(checkpoint.load(path, map_location=device), path)
     state.require("config", "data_shape", source=path, purpose="draw samples")
     try:
@@ -95,4 +99,25 @@ def load_generator(path: str, ema: bool = True, device: str = "cpu"):
         raise UserError(f"checkpoint {path} is not a distgan checkpoint this version can read "
                         f"({type(e).__name__}: {first_line(e, 120)})") from None
     state.used_ema = ema and state.G_ema is not None
+    return G.to(device).eval().requires_grad_(False), cfg, state
+
+
+def _load_pickle_generator(path: str, ema: bool, device: str):
+    from distgan import pretrained
+    from distgan.config import Config, DatasetConfig
+    from distgan.models import build_models
+    from distgan.state import TrainState
+
+    p = pretrained.load(path)
+    use_ema = ema and p.G_ema_state is not None
+    G, _ = build_models(p.cfg_model, p.data_shape, p.num_classes)
+    G.load_state_dict(p.G_ema_state if use_ema else p.G_state)
+    kwargs = p.info.get("training_set_kwargs") or {}
+    # the data set the pickle was trained on, as NVIDIA recorded it (a zip or folder: evaluate's reference)
+    root = kwargs.get("path")
+    name = "zip" if str(root or "").endswith(".zip") else "image_folder"
+    cfg = Config(model=p.cfg_model, dataset=DatasetConfig(name=name, root=root, resolution=p.data_shape[1],
+                                                          channels=p.data_shape[0], xflip=bool(kwargs.get("xflip"))))
+    state = TrainState(G={}, D={}, step=0, config=None, data_shape=list(p.data_shape), num_classes=p.num_classes)
+    state.used_ema = use_ema
     return G.to(device).eval().requires_grad_(False), cfg, state

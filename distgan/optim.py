@@ -33,13 +33,22 @@ def lazy_correction(interval: int, on: bool) -> float:
     return interval / (interval + 1) if on else 1.0
 
 
-def build_optimizers(G: nn.Module, D: nn.Module, t: TrainConfig):
+def corrections(t: TrainConfig, lazy_always: bool = False) -> tuple[float, float]:
+    """(c_G, c_D) of :func:`lazy_correction`. ``lazy_always`` (model=stylegan2, as NVIDIA's training loop,
+    which builds its optimizers for lazy G and D regularisation whatever the weights): corrected even with
+    the regulariser off; other models only when it is on (docs/algorithms.md, departures)."""
+    c_d = lazy_correction(t.r1_interval, lazy_always or t.r1_gamma > 0 or t.r2_gamma > 0)
+    c_g = lazy_correction(t.pl_interval, lazy_always or t.pl_weight > 0)
+    return c_g, c_d
+
+
+def build_optimizers(G: nn.Module, D: nn.Module, t: TrainConfig, lazy_always: bool = False):
     """Adam for G and D (separate learning rates: TTUR). A lazy regulariser runs every k steps of its
     network with its loss multiplied by k; StyleGAN2's correction c = k/(k+1) of lr and betas keeps the
     effective optimizer the same as with a penalty at every step (Karras et al. 2020, appendix B): for D
-    with R1/R2 (every ``r1_interval`` D steps), for G with the path-length penalty (every ``pl_interval``)."""
-    c_d = lazy_correction(t.r1_interval, t.r1_gamma > 0 or t.r2_gamma > 0)
-    c_g = lazy_correction(t.pl_interval, t.pl_weight > 0)
+    with R1/R2 (every ``r1_interval`` D steps), for G with the path-length penalty (every ``pl_interval``);
+    always for model=stylegan2 (``lazy_always``, :func:`corrections`)."""
+    c_g, c_d = corrections(t, lazy_always)
     opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g * c_g, betas=(t.beta1**c_g, t.beta2**c_g), fused=_fusable(G))
     opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d * c_d, betas=(t.beta1**c_d, t.beta2**c_d), fused=_fusable(D))
     return opt_g, opt_d
@@ -64,6 +73,16 @@ def build_schedulers(opt_g, opt_d, t: TrainConfig, first_step: int = 0) -> list:
     if t.lr_decay == "none":
         return []
     return [torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(t, first_step + k)) for opt in (opt_g, opt_d)]
+
+
+def apply_schedule(opt_g, opt_d, t: TrainConfig, values, lazy_always: bool = False) -> None:
+    """Set this step's scheduled learning rates and Adam beta2 (``values``: a distgan.schedules.Values) on
+    both optimizers, with the lazy-regularisation correction of :func:`build_optimizers`."""
+    c_g, c_d = corrections(t, lazy_always)
+    for opt, lr, c in ((opt_g, values.lr_g, c_g), (opt_d, values.lr_d, c_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr * c
+            group["betas"] = (t.beta1**c, values.beta2**c)
 
 
 def _fusable(net: nn.Module) -> bool:

@@ -72,9 +72,15 @@ def local_noise(seed: int, stream: int, counter: int, global_batch: int, dim: in
 
 
 def local_labels(seed: int, stream: int, counter: int, global_batch: int, num_classes: int,
-                 rank: int, world: int, device: torch.device) -> torch.Tensor:
-    """This rank's slice of a global batch of uniform class labels for fakes (drawn like z)."""
-    y = torch.randint(num_classes, (global_batch,), generator=counter_generator(seed, stream, counter))
+                 rank: int, world: int, device: torch.device, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's slice of a global batch of class labels for fakes (drawn like z): uniform, or with
+    ``weights`` (the training set's class counts: NVIDIA's loop gives a fake the label of a random training
+    image) drawn from that distribution."""
+    g = counter_generator(seed, stream, counter)
+    if weights is None:
+        y = torch.randint(num_classes, (global_batch,), generator=g)
+    else:
+        y = torch.multinomial(weights.double().cpu(), global_batch, replacement=True, generator=g)
     return local_rows(y, rank, world).to(device, non_blocking=True)
 
 

@@ -26,6 +26,7 @@ class PrepareArgs:
     labels: bool = True  # false: write {"labels": null} (subfolders are no classes)
     compress_level: int = 0  # PNG zlib level, 0-9 (0: the largest files, the fastest to decode)
     progress: bool = True  # the progress bar (on stderr)
+    resize_filter: str = "lanczos"  # lanczos | box (NVIDIA's FFHQ-256 FIDs are of box-filtered images)
 
 
 def report(summary) -> str:
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"workers={args.workers} must be at least 1")
     summary = prepare(args.source, args.dest, args.resolution, channels=args.channels, workers=args.workers,
                       min_size=args.min_size, overwrite=args.overwrite, compress_level=args.compress_level,
-                      labels=args.labels, progress=args.progress)
+                      labels=args.labels, progress=args.progress, resize_filter=args.resize_filter)
     print(report(summary))
     print(f"train on it: python launch/run.py dataset=zip dataset.root={summary.dest}")
 

@@ -35,6 +35,7 @@ from distgan.models.stylegan2_layers import (
 )
 
 SIZES = tuple(32 << i for i in range(6))  # 32 .. 1024
+D_MAPPING_LAYERS = 8  # the conditional D's label mapping depth: StyleGAN2-ADA's default, whatever G's
 
 
 def check_shape(resolution: int, channels: int) -> None:
@@ -116,16 +117,19 @@ class MappingNetwork(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution: (const | 2x-up conv) -> conv -> toRGB, added to the upsampled image so far."""
 
-    def __init__(self, c_in: int, c_out: int, w_dim: int, resolution: int, img_channels: int, fused: bool):
+    def __init__(self, c_in: int, c_out: int, w_dim: int, resolution: int, img_channels: int, fused: bool,
+                 conv_clamp: float | None = None):
         super().__init__()
         self.first = c_in == 0
         seed = 2 * int(math.log2(resolution))  # distinct constant-noise seeds per layer
         if self.first:
             self.const = nn.Parameter(torch.randn(c_out, resolution, resolution))
         else:
-            self.conv0 = SynthesisLayer(c_in, c_out, w_dim, resolution, up=True, fused=fused, noise_seed=seed)
-        self.conv1 = SynthesisLayer(c_out, c_out, w_dim, resolution, fused=fused, noise_seed=seed + 1)
-        self.torgb = ToRGB(c_out, img_channels, w_dim, fused=fused)
+            self.conv0 = SynthesisLayer(c_in, c_out, w_dim, resolution, up=True, fused=fused, noise_seed=seed,
+                                        conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(c_out, c_out, w_dim, resolution, fused=fused, noise_seed=seed + 1,
+                                    conv_clamp=conv_clamp)
+        self.torgb = ToRGB(c_out, img_channels, w_dim, fused=fused, conv_clamp=conv_clamp)
         self.num_conv = 1 if self.first else 2
 
     def forward(self, x, img, ws, noise):
@@ -139,11 +143,12 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim: int, resolution: int, img_channels: int, channels: dict[int, int], fused: bool):
+    def __init__(self, w_dim: int, resolution: int, img_channels: int, channels: dict[int, int], fused: bool,
+                 conv_clamp: float | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(
-            [SynthesisBlock(channels.get(r // 2, 0) if r > 4 else 0, channels[r], w_dim, r, img_channels, fused)
-             for r in channels])
+            [SynthesisBlock(channels.get(r // 2, 0) if r > 4 else 0, channels[r], w_dim, r, img_channels, fused,
+                            conv_clamp) for r in channels])
         self.num_ws = sum(b.num_conv for b in self.blocks) + 1
         self.noise_resolutions = [r for r, b in zip(channels, self.blocks) for _ in range(b.num_conv)]
 
@@ -165,12 +170,12 @@ class SynthesisNetwork(nn.Module):
 class StyleGAN2Generator(nn.Module):
     def __init__(self, resolution: int, channels: int = 3, channel_base: int | None = None,
                  channel_max: int = 512, mapping_layers: int = 8, z_dim: int = 512, w_dim: int = 512,
-                 num_classes: int = 0, fused_modconv: bool = True):
+                 num_classes: int = 0, fused_modconv: bool = True, conv_clamp: float | None = None):
         super().__init__()
         check_shape(resolution, channels)
         plan = channel_plan(resolution, channel_base or auto_channel_base(resolution), channel_max)
         self.z_dim, self.w_dim, self.num_classes, self.resolution = z_dim, w_dim, num_classes, resolution
-        self.synthesis = SynthesisNetwork(w_dim, resolution, channels, plan, fused_modconv)
+        self.synthesis = SynthesisNetwork(w_dim, resolution, channels, plan, fused_modconv, conv_clamp)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, num_classes, mapping_layers)
 
@@ -207,11 +212,12 @@ class StyleGAN2Generator(nn.Module):
 class DiscriminatorBlock(nn.Module):
     """Residual: (fromRGB) -> conv3 -> conv3 down, plus a 1x1 down skip; both branches scaled by sqrt(1/2)."""
 
-    def __init__(self, c_tmp: int, c_out: int, img_channels: int, first: bool):
+    def __init__(self, c_tmp: int, c_out: int, img_channels: int, first: bool, conv_clamp: float | None = None):
         super().__init__()
-        self.fromrgb = EqualConv2d(img_channels, c_tmp, 1) if first else None
-        self.conv0 = EqualConv2d(c_tmp, c_tmp, 3)
-        self.conv1 = EqualConv2d(c_tmp, c_out, 3, down=True, gain=math.sqrt(0.5))
+        self.fromrgb = EqualConv2d(img_channels, c_tmp, 1, conv_clamp=conv_clamp) if first else None
+        self.conv0 = EqualConv2d(c_tmp, c_tmp, 3, conv_clamp=conv_clamp)
+        self.conv1 = EqualConv2d(c_tmp, c_out, 3, down=True, gain=math.sqrt(0.5), conv_clamp=conv_clamp)
+        # NVIDIA's skip conv is built without conv_clamp: it is never clamped
         self.skip = EqualConv2d(c_tmp, c_out, 1, bias=False, activation=False, down=True, gain=math.sqrt(0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,22 +227,25 @@ class DiscriminatorBlock(nn.Module):
 
 
 class StyleGAN2Discriminator(nn.Module):
-    """``mbstd_group`` must divide every batch D sees (per worker and micro-batch); see :class:`MinibatchStd`.
-    Conditional (``num_classes`` > 0): logit = <out(x), mapping(y)> / sqrt(cmap_dim), cmap_dim = channels at
-    4x4, with a label mapping network of ``mapping_layers`` layers (StyleGAN2-ADA's projection)."""
+    """``mbstd_group`` (and ``mbstd_span``) must divide every batch D sees (per worker and micro-batch); see
+    :class:`MinibatchStd`. Conditional (``num_classes`` > 0): logit = <out(x), mapping(y)> / sqrt(cmap_dim),
+    cmap_dim = channels at 4x4, with a label mapping network of ``mapping_layers`` layers: 8 as StyleGAN2-ADA
+    (its D mapping is built with no kwargs, whatever G's depth; :func:`build_stylegan2` always uses 8)."""
 
     def __init__(self, resolution: int, channels: int = 3, channel_base: int | None = None,
-                 channel_max: int = 512, num_classes: int = 0, mapping_layers: int = 8, mbstd_group: int = 4,
-                 mbstd_channels: int = 1):
+                 channel_max: int = 512, num_classes: int = 0, mapping_layers: int = D_MAPPING_LAYERS,
+                 mbstd_group: int = 4, mbstd_channels: int = 1, conv_clamp: float | None = None,
+                 mbstd_span: int | None = None):
         super().__init__()
         check_shape(resolution, channels)
         plan = channel_plan(resolution, channel_base or auto_channel_base(resolution), channel_max)
         self.num_classes, self.resolution = num_classes, resolution
-        self.blocks = nn.Sequential(*[DiscriminatorBlock(plan[r], plan[r // 2], channels, first=r == resolution)
+        self.blocks = nn.Sequential(*[DiscriminatorBlock(plan[r], plan[r // 2], channels, first=r == resolution,
+                                                         conv_clamp=conv_clamp)
                                       for r in sorted(plan, reverse=True) if r > 4])
         c4 = plan[4]
-        self.mbstd = MinibatchStd(mbstd_group, mbstd_channels)
-        self.conv = EqualConv2d(c4 + mbstd_channels, c4, 3)
+        self.mbstd = MinibatchStd(mbstd_group, mbstd_channels, mbstd_span)
+        self.conv = EqualConv2d(c4 + mbstd_channels, c4, 3, conv_clamp=conv_clamp)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
         self.cmap_dim = c4 if num_classes else 0
         self.out = EqualLinear(c4, self.cmap_dim or 1)
@@ -263,9 +272,9 @@ def build_stylegan2(cfg, shape: tuple[int, ...], num_classes: int = 0):
         raise UserError(f"model.resolution={resolution} does not match the data ({height} px)")
     G = StyleGAN2Generator(resolution, channels, cfg.channel_base, cfg.channel_max, cfg.mapping_layers,
                            z_dim=cfg.latent_dim, w_dim=cfg.w_dim, num_classes=num_classes,
-                           fused_modconv=cfg.fused_modconv)
+                           fused_modconv=cfg.fused_modconv, conv_clamp=cfg.conv_clamp)
     D = StyleGAN2Discriminator(resolution, channels, cfg.channel_base, cfg.channel_max, num_classes=num_classes,
-                               mapping_layers=cfg.mapping_layers, mbstd_group=cfg.mbstd_group)
+                               mbstd_group=cfg.mbstd_group, conv_clamp=cfg.conv_clamp, mbstd_span=cfg.mbstd_span)
     return G, D
 
 
@@ -289,3 +298,21 @@ def check_stylegan2(cfg) -> None:
                         "model.norm_d=none")
     if m.activation_g != "leaky_relu":
         raise UserError("model.activation_g applies to model=mlp; StyleGAN2 always uses leaky ReLU")
+    if m.conv_clamp is not None and not m.conv_clamp > 0:
+        raise UserError(f"model.conv_clamp must be positive (StyleGAN2-ADA uses 256) or null, got {m.conv_clamp}")
+    # model.mbstd_span: a multiple of the group (distgan/config.py), dividing every micro-batch
+    # (models.check_micro_batch, in the pre-flight's config checks)
+
+
+def fill_noise_const(net: nn.Module, state_dict: dict) -> dict:
+    """``state_dict`` with the constant noise maps a distgan checkpoint from before issue 21 lacks (it did not
+    save them) filled in by the seeded rule those checkpoints used, so it passes an exact key comparison
+    (checkpoint.check_architecture); ``load_state_dict`` fills them by itself. Other models: unchanged."""
+    from distgan.models.stylegan2_layers import seeded_noise
+
+    out = dict(state_dict)
+    for name, m in net.named_modules():
+        key = f"{name}.noise_const" if name else "noise_const"
+        if isinstance(m, SynthesisLayer) and key not in out:
+            out[key] = seeded_noise(m.resolution, m.noise_seed)
+    return out
