@@ -83,6 +83,7 @@ class StepContext:
     num_classes: int = 0  # > 0: a conditional G and D trained on labelled data
     channels_last: bool = False  # real batches converted to channels_last (conv models on CUDA)
     style: bool = False  # G has a mapping network: noise maps, style mixing, path length (stylegan2)
+    label_weights: torch.Tensor | None = None  # fake labels' class frequencies (the data's); None: uniform
 
 
 def _mean(xs: list[torch.Tensor]) -> torch.Tensor | None:
@@ -111,6 +112,7 @@ class GANStep:
         self.augment = Augmenter.from_config(cfg, self.device)
         self.pl = PathLengthPenalty(cfg.pl_decay, cfg.pl_weight) if cfg.pl_weight > 0 else None
         self.d_reg_on = cfg.r1_gamma > 0 or cfg.r2_gamma > 0
+        self.gammas = (cfg.r1_gamma, cfg.r2_gamma)  # this step's R1 / R2 weights (train.gamma_final schedules them)
         self._fakes: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # D main's, for R2 in D reg
 
     # ---- world-size-invariant draws: this rank's slice of the global batch
@@ -122,7 +124,7 @@ class GANStep:
         if not self.ctx.num_classes:
             return None
         return local_labels(self.cfg.seed, stream, counter, self.cfg.batch_size, self.ctx.num_classes,
-                            self.rank, self.world, self.device)
+                            self.rank, self.world, self.device, weights=self.ctx.label_weights)
 
     def generate(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor | None, counter: int, first: int,
                  noise_stream: Stream | None = None, mix_stream: Stream | None = None, **style) -> torch.Tensor:
@@ -260,13 +262,13 @@ class GANStep:
                     x = real[sl].detach().requires_grad_(True)
                     logits = self.discriminate(x, _rows(y_real, sl), True, counter, first,
                                                aug_stream=Stream.AUG_REAL_REG)
-                    r1s.append(r1_penalty(logits, x, self.scaler) * (t.r1_gamma / 2))
+                    r1s.append(r1_penalty(logits, x, self.scaler) * (self.gammas[0] / 2))
                     loss, anchor = r1s[-1], logits.float().mean() * 0
                 if t.r2_gamma > 0:
                     fake, yf = self._fakes[i]  # D main's, of this micro-batch
                     x = wide(fake.detach()).requires_grad_(True)  # bf16/fp16 fakes become fp32 here
                     logits = self.discriminate(x, yf, True, counter, first, aug_stream=Stream.AUG_FAKE_REG)
-                    r2s.append(r2_penalty(logits, x, self.scaler) * (t.r2_gamma / 2))
+                    r2s.append(r2_penalty(logits, x, self.scaler) * (self.gammas[1] / 2))
                     loss, anchor = loss + r2s[-1], anchor + logits.float().mean() * 0
                 # `logits * 0` puts every D parameter in the graph so each DDP bucket fires (pytorch #63812)
                 total = loss * t.r1_interval + anchor
@@ -314,8 +316,8 @@ class GANStep:
         batch = t.batch_size // t.pl_batch_shrink
         first0 = first_index(batch, self.rank, self.world)
         z = local_noise(t.seed, Stream.Z_PL, step, batch, self.ctx.latent_dim, self.rank, self.world, self.device)
-        y = (local_labels(t.seed, Stream.Y_PL, step, batch, self.ctx.num_classes, self.rank, self.world, self.device)
-             if self.ctx.num_classes else None)
+        y = (local_labels(t.seed, Stream.Y_PL, step, batch, self.ctx.num_classes, self.rank, self.world, self.device,
+                          weights=self.ctx.label_weights) if self.ctx.num_classes else None)
         losses = []
         micro = self.micro // t.pl_batch_shrink if self.micro else None  # validated: pl_batch_shrink divides it
         for sl, weight, last in self._rounds(z.shape[0], micro):

@@ -21,6 +21,7 @@ from distgan.models.dcgan import SIZES as DCGAN_SIZES
 from distgan.models.dcgan import build_dcgan
 from distgan.models.layers import apply_spectral_norm
 from distgan.models.mlp import build_mlp
+from distgan.models.r3gan import build_r3gan, check_r3gan
 from distgan.models.resnet import SIZES as RESNET_SIZES
 from distgan.models.resnet import build_resnet
 from distgan.models.stylegan2 import SIZES as STYLEGAN2_SIZES
@@ -50,7 +51,8 @@ MODELS: dict[str, ModelSpec] = {
     "resnet": ModelSpec(build_resnet, data=("image",), sizes=RESNET_SIZES, channels_last=True,
                         check=_leaky_relu_only),
     "stylegan2": ModelSpec(build_stylegan2, data=("image",), sizes=STYLEGAN2_SIZES, check=check_stylegan2, style=True,
-                           own_conditioning=True, batch_multiple=lambda m: m.mbstd_group),
+                           own_conditioning=True, batch_multiple=lambda m: m.mbstd_span or m.mbstd_group),
+    "r3gan": ModelSpec(build_r3gan, data=("image",), channels_last=True, check=check_r3gan, own_conditioning=True),
 }
 
 
@@ -88,9 +90,9 @@ def check_micro_batch(cfg: Config, micro: int) -> None:
     rule = spec(cfg.model.name).batch_multiple
     multiple = rule(cfg.model) if rule else 1
     if micro % multiple:
-        raise UserError(f"model={cfg.model.name} needs a per-worker micro-batch that is a multiple of "
-                        f"model.mbstd_group={multiple} (D's minibatch-std groups), got {micro}: change "
-                        "train.batch_size, train.batch_per_gpu or model.mbstd_group")
+        raise UserError(f"model={cfg.model.name} needs a per-worker micro-batch that is a multiple of {multiple} "
+                        f"(model.mbstd_span, else model.mbstd_group: D's minibatch-std groups), got {micro}: change "
+                        "train.batch_size, train.batch_per_gpu, model.mbstd_span or model.mbstd_group")
 
 
 def build_models(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
