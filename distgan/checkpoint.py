@@ -14,10 +14,12 @@ while saving leaves the previous checkpoint untouched. Loading checks the sha256
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +74,36 @@ def _write_folder(root: Path, name: str, state: dict[str, Any], meta: dict[str, 
     """``state`` and ``meta`` (plus the state file's sha256 and size) as ``root/name``: written into a
     hidden temporary folder, fsynced, then renamed into place. An existing ``root/name`` (the same step
     saved again after a restart, or the previous best) is moved aside first — a folder cannot be
-    replaced in one rename — and deleted only once the new one is in place."""
+    replaced in one rename — and deleted only once the new one is in place. A failed write (a full disk)
+    removes the temporary folder, leaves every earlier checkpoint as it was, and is one UserError line."""
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
     final = root / name
     tmp, old = root / f".tmp-{name}-{os.getpid()}", root / f".tmp-old-{name}-{os.getpid()}"
-    tmp.mkdir()
-    torch.save(state, tmp / STATE)
-    _fsync(tmp / STATE)
-    meta = {**meta, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
-    write_atomic(tmp / META, json.dumps(meta))
+    try:
+        tmp.mkdir()
+        torch.save(state, tmp / STATE)
+        _fsync(tmp / STATE)
+        meta = {**meta, "sha256": _sha256(tmp / STATE), "bytes": (tmp / STATE).stat().st_size}
+        write_atomic(tmp / META, json.dumps(meta))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(_write_failed(root, name, e)) from None
     replace_folder(tmp, final, old)
     return final
+
+
+def _write_failed(root: Path, name: str, e: OSError) -> str:
+    """The one line for a checkpoint that could not be written, with the space it needs where that is why."""
+    where = f"checkpoint {root / name} not written ({e.strerror or first_line(e)})"
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}; the previous checkpoints are intact"
+    found = list_checkpoints(root)
+    need = read_meta(found[0]).get("bytes") if found else None
+    free = shutil.disk_usage(root).free
+    size = f"about {need / 2**20:.0f} MiB" if need else "as much as the networks and optimizers hold"
+    return (f"{where}: a checkpoint needs {size} and {root} has {free / 2**20:.0f} MiB free; free space "
+            f"(or lower train.keep_checkpoints) and run again to resume from {found[0].name if found else 'scratch'}")
 
 
 def replace_folder(new: Path, final: Path, aside: Path) -> None:
@@ -98,11 +118,25 @@ def replace_folder(new: Path, final: Path, aside: Path) -> None:
 
 def best_scores(root: str | Path) -> dict[str, float] | None:
     """The scores recorded with ``root/best`` (to continue the comparison after a resume), if any."""
+    if Path(root).is_dir():
+        recover(Path(root))
     return read_meta(Path(root) / BEST).get("scores")
 
 
+def recover(root: Path) -> None:
+    """A save killed between its two renames left ``root/NAME`` moved aside as ``.tmp-old-NAME-PID`` and
+    nothing in its place: put it back (the newer folder never finished, so the older one is the truth)."""
+    for aside in root.glob(".tmp-old-*"):
+        name = aside.name[len(".tmp-old-"):].rsplit("-", 1)[0]
+        if name and not (root / name).exists() and (aside / META).exists():
+            os.replace(aside, root / name)
+            fsync_dir(root)
+
+
 def _remove_stale_tmp(root: Path) -> None:
-    """Half-written folders of saves that were killed (only one process, rank 0, saves into ``root``)."""
+    """Half-written folders of saves that were killed (only one process, rank 0, saves into ``root``;
+    one run per folder: distgan.rundir.RunDir.lock), after :func:`recover` put back what they moved aside."""
+    recover(root)
     for tmp in root.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -112,6 +146,7 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
+    recover(root)
     found = [p for p in root.glob("step_*") if p.is_dir() and (p / META).exists()]
     return sorted(found, key=lambda p: p.name, reverse=True)
 
@@ -170,19 +205,25 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise UserError(f"checkpoint {state_file} is unreadable: {first_line(e, 200)}") from None
 
 
-def load_latest(root: str | Path, map_location: str | torch.device = "cpu", verify_only: bool = False):
+def load_latest(root: str | Path, map_location: str | torch.device = "cpu",
+                check: Callable[[dict[str, Any], Path], None] | None = None):
     """Newest loadable checkpoint under ``root`` as ``(folder, state, skipped)``; ``skipped`` names the
-    newer ones that failed verification. ``(None, None, skipped)`` if none loads. ``verify_only``: check
-    the sha256 without unpickling (``state`` is then None)."""
+    newer ones that failed, each with its reason. ``(None, None, skipped)`` if none loads. A checkpoint
+    loads when its sha256 verifies, it unpickles (weights only), and ``check(state, folder)`` (the
+    caller's own test: the fields it needs, the architecture) raises no UserError. The driver's pre-flight
+    and the workers call this with the same test, so the checkpoint the driver names is the one the
+    workers take. Any OSError (a file deleted, unreadable) counts as a bad checkpoint, like corruption."""
     skipped = []
     for folder in list_checkpoints(root):
         try:
-            if verify_only:
-                verify(folder)
-                return folder, None, skipped
-            return folder, load(folder, map_location), skipped
+            state = load(folder, map_location)
+            if check is not None:
+                check(state, folder)
+            return folder, state, skipped
         except UserError as e:
             skipped.append(str(e))
+        except OSError as e:
+            skipped.append(f"checkpoint {folder} is unreadable ({e.strerror or first_line(e)}: {e.filename})")
     return None, None, skipped
 
 

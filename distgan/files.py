@@ -62,6 +62,23 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], None
     return path
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (a log record: metrics.jsonl) durably: flushed and fsynced. A torn last line that a
+    crash left (no newline at the end) is cut off first, so the file stays one whole record per line and
+    the next record is never glued onto a fragment."""
+    with open(path, "ab+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(max(end - 1, 0))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                body = f.read()
+                f.truncate(body.rfind(b"\n") + 1)
+        f.write(line.rstrip("\n").encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def probe_writable(path: str | Path) -> Path:
     """The nearest existing folder at or above ``path``, proved writable by creating and removing a folder
     in it (``os.access`` says yes to root on read-only mounts). Raises ``NotADirectoryError`` when that

@@ -39,10 +39,12 @@ class NonFiniteGuard:
     def __init__(self, skip: bool, where: Callable[[], str], enabled: bool = True):
         self.skip, self.where, self.enabled = skip, where, enabled
         self.skipped = 0  # skipped updates since the start (or the resumed count)
+        self.checked = 0  # updates checked by this process (the skipped share of a tick is bounded)
 
     def ok(self, phase: str, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
         if not self.enabled:
             return True
+        self.checked += 1
         if bool(torch.isfinite(_grad_sum(opt))):  # the one host read
             return True
         # every rank is here (same all-reduced gradients): gather whose own loss was bad
@@ -55,3 +57,17 @@ class NonFiniteGuard:
             return False
         raise NonFiniteError(f"non-finite {phase} gradient ({who}) at {self.where()}; lower train.lr_d/lr_g, "
                              "check the data, or set train.skip_nonfinite=true to skip such updates")
+
+    def check_share(self, since: tuple[int, int], bound: float) -> None:
+        """Raise :class:`NonFiniteError` when more than ``bound`` of the updates checked since ``since``
+        (``(skipped, checked)`` then) were skipped: a run that skips most of its updates is not training.
+        The counts are the same on every rank (same all-reduced gradients), so every rank raises together."""
+        skipped, checked = self.skipped - since[0], self.checked - since[1]
+        if checked and skipped / checked > bound:
+            raise NonFiniteError(f"{skipped} of {checked} updates since the last log tick had non-finite "
+                                 f"gradients and were skipped (more than train.max_skipped_fraction={bound:g}) at "
+                                 f"{self.where()}; lower train.lr_d/lr_g or check the data")
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        return self.skipped, self.checked

@@ -12,15 +12,23 @@
     <run_dir>/workers/          rank{r}.json: where each rank ran
     <run_dir>/slurm/            submitit logs, Ray logs, rendezvous files of SLURM jobs
     <run_dir>/.ray_auth_token   the run's Ray token (0600)
+    <run_dir>/.lock             held by the process that trains into the folder (RunDir.lock): one run per folder
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
+import socket
 import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from distgan.errors import UserError
 from distgan.files import write_atomic
 
 
@@ -38,6 +46,7 @@ class RunDir:
     WORKERS = "workers"
     SLURM = "slurm"
     TOKEN = ".ray_auth_token"
+    LOCK = ".lock"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -60,6 +69,42 @@ class RunDir:
     workers = property(lambda self: self.path / self.WORKERS)
     slurm = property(lambda self: self.path / self.SLURM)
     token = property(lambda self: self.path / self.TOKEN)
+    lock_file = property(lambda self: self.path / self.LOCK)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one run: ``flock`` on ``.lock``, which the kernel releases when the holder
+        exits in any way, so a lock is never stale after its holder died (on NFS Linux maps flock to the
+        server's byte-range locks, released by its lock manager when the client's process or host goes;
+        Lustre needs its ``flock`` mount option: docs/promises.md). A second run into the folder is
+        one UserError naming the holder (host, pid, start time). The file stays: removing it would let two
+        processes lock two different files of the same name."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise UserError(f"run directory {self.path} is in use by another run ({holder}); wait for it to "
+                            "finish or stop it, or use another hydra.run.dir") from None
+        except OSError as e:
+            os.close(fd)
+            raise UserError(f"cannot lock run directory {self.path} ({e.strerror}): its file system refuses "
+                            "flock (Lustre: mount with -o flock); use a run directory on storage that locks") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def check_unlocked(self) -> None:
+        """The one-line error :meth:`lock` would give, without holding anything (a pre-check)."""
+        if self.lock_file.exists():
+            with self.lock():
+                pass
 
     def sample_png(self, step: int) -> Path:
         return self.samples / f"step_{step:07d}.png"
@@ -79,3 +124,11 @@ class RunDir:
         leftovers = [p.name for p in self.path.iterdir() if p.name != ".hydra" and not p.name.endswith(".log")]
         if not leftovers:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError):
+        return "holder unknown"

@@ -161,8 +161,9 @@ def test_resume_continues_the_lr_schedule_exactly(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ NaNs
-def _train_with_nan_on_rank1(run_dir: str, skip: bool):
-    """Every rank trains; rank 1's real batch of step 13 is NaN. Returns (outcome, message or metrics)."""
+def _train_with_nan_on_rank1(run_dir: str, skip: bool, from_call: int | None = None):
+    """Every rank trains; rank 1's real batch of step 13 is NaN (``from_call``: every batch from that call
+    on). Returns (outcome, message or metrics)."""
     from distgan import dist
     from distgan import train as train_mod
 
@@ -176,7 +177,8 @@ def _train_with_nan_on_rank1(run_dir: str, skip: bool):
         def poisoned(idx, device):
             calls["n"] += 1
             x = batch(idx, device)
-            return torch.full_like(x, float("nan")) if calls["n"] == 13 and dist.rank() == 1 else x
+            bad = calls["n"] == 13 if from_call is None else calls["n"] >= from_call
+            return torch.full_like(x, float("nan")) if bad and dist.rank() == 1 else x
 
         data.batch = poisoned
         return data
@@ -214,6 +216,17 @@ def test_skip_nonfinite_skips_the_update_on_every_rank(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb" / "global"))
     events.Reload()
     assert events.Scalars("train/skipped_steps")[-1].value == 1
+
+
+def test_skipping_most_updates_stops_the_run(tmp_path):
+    """train.skip_nonfinite never hides a run that no longer trains: past train.max_skipped_fraction of a
+    tick's updates it stops like a non-finite run, naming the counts and the last good checkpoint."""
+    results = gloo.run(_train_with_nan_on_rank1, 2, str(tmp_path), True, 12)
+    for outcome, text in results:  # every update from step 12 on is skipped: the tick at step 15 stops
+        assert outcome == "error", text
+        assert "updates since the last log tick had non-finite gradients and were skipped" in text
+        assert "train.max_skipped_fraction=0.2" in text and str(tmp_path / "checkpoints" / "step_0000010") in text
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_0000010"]
 
 
 # ------------------------------------------------------------------------------------- long runs

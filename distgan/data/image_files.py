@@ -14,7 +14,8 @@ not through ``zipfile.ZipFile``: that parses the whole central directory into on
 member in every process that opens it (measured: 13 MB and 0.4 s per 10^5 members, so 1.3 GB per process
 at 10^7, in each DataLoader worker of each rank), and a ZipFile handle must not be shared across the
 processes DataLoader forks or spawns. Each member's CRC-32 is checked, so a damaged zip is reported, not
-decoded into a wrong image.
+decoded into a wrong image, and a member is inflated no further than its declared image can need
+(:func:`distgan.data.images.encoded_size_bound`), so a deflate bomb is a bad image, not all the memory.
 
 The registry runs them through :func:`locate_images` and :func:`load_images`:
 
@@ -41,12 +42,14 @@ import torch
 from distgan.config import DatasetConfig
 from distgan.data.images import (
     BadImageError,
+    ImageTooLarge,
     channels_for_modes,
     check_resolution,
+    encoded_size_bound,
     is_power_of_two_resolution,
     load_image,
 )
-from distgan.data.index import Index, open_index
+from distgan.data.index import Index, inflate_member, open_index
 from distgan.errors import UserError
 
 log = logging.getLogger("distgan")
@@ -86,6 +89,10 @@ class ImageDataset:
     def __init__(self, index: Index, resolution: int | None = None, channels: int | None = None,
                  xflip: bool = False, skip_bad: bool = False, one_size: bool = False):
         where = index.source
+        if index.skipped and len(index):  # bad links: never an error while images remain
+            name, reason = index.skipped[0]
+            log.warning("skipped %d entr%s of %s that cannot be listed, e.g. %s (%s)", len(index.skipped),
+                        "y" if len(index.skipped) == 1 else "ies", where, name, reason)
         if index.unreadable:
             name, reason = index.unreadable[0]
             msg = (f"{len(index.unreadable)} file(s) in {where} cannot be read, e.g. {name} ({reason})")
@@ -94,8 +101,11 @@ class ImageDataset:
                                 "them), or set dataset.skip_bad=true to leave them out")
             log.warning("%s: left out", msg)
         if len(index) == 0:
+            bad = "" if not index.skipped else (f"; {len(index.skipped)} entr"
+                                                f"{'y' if len(index.skipped) == 1 else 'ies'} skipped, e.g. "
+                                                f"{index.skipped[0][0]} ({index.skipped[0][1]})")
             raise UserError(f"no images found in {where} (looked for PNG, JPEG, BMP, TIFF, WebP, PPM/PGM "
-                            "files); point dataset.root at a folder or zip of images")
+                            f"files{bad}); point dataset.root at a folder or zip of images")
         sizes = index.sizes()
         if one_size and len(sizes) > 1:
             raise UserError(f"{where} holds images of {len(sizes)} sizes ({_describe_sizes(sizes)}); a zip must "
@@ -186,6 +196,7 @@ class ZipReader:
 
     def __init__(self, path: str, index: Index):
         self.path, self.z = path, index.zip
+        self.width, self.height = index.width, index.height  # bound how far a member is inflated
         self._fd, self._pid = None, None
 
     def __getstate__(self):  # a pickled reader (spawned workers) reopens the file on its first read
@@ -198,11 +209,13 @@ class ZipReader:
 
     def read(self, j: int, name: str) -> bytes:
         size, method = int(self.z["csize"][j]), int(self.z["method"][j])
+        limit = encoded_size_bound(int(self.width[j]), int(self.height[j]))
         try:
-            raw = os.pread(self._handle(), size, int(self.z["offset"][j]))
-            if len(raw) != size:
-                raise BadImageError(name, f"zip member truncated ({len(raw)} of {size} bytes)")
-            data = raw if method == zipfile.ZIP_STORED else zlib.decompress(raw, -15)
+            data = inflate_member(self._handle(), int(self.z["offset"][j]), size, method, limit)
+            if method == zipfile.ZIP_STORED and len(data) != size:
+                raise BadImageError(name, f"zip member truncated ({len(data)} of {size} bytes)")
+        except ImageTooLarge as e:
+            raise BadImageError(name, str(e)) from None
         except OSError as e:
             raise BadImageError(name, f"cannot read the zip: {e}") from None
         except zlib.error as e:

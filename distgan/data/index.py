@@ -9,7 +9,14 @@ system, so it is done once, by a thread pool with a progress bar, and cached:
 
 A cached index is reused while its key matches (folder: the mtime of every directory listed, and of
 ``dataset.json``; zip: its size and mtime) and rebuilt otherwise; it is written atomically. Files whose
-header cannot be read are left out and listed in ``unreadable``.
+header cannot be read are left out and listed in ``unreadable``; entries that cannot be listed (a
+symbolic link loop, a dangling link, a second link to a folder already listed) in ``skipped``.
+
+Untrusted input (docs/data.md, "Untrusted data sets"): a cached index is read member by member within
+the bytes it holds on disk and checked before use (its names relative, normalized, inside the root, its
+arrays consistent, a folder's built for this very folder); one that fails is ignored with a warning and
+rebuilt, never followed. ``dataset.json`` is read within a bound and its labels must be integers in
+[0, number of images). Zip members are inflated only as far as their declared image can need.
 
 The index is a set of numpy arrays (names as one byte blob + offsets), not one Python object per file:
 10^7 files take ~30 bytes each, load in a fraction of a second, and DataLoader workers forked from a
@@ -19,6 +26,7 @@ process that holds it do not copy it page by page through reference counts (pyto
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import hashlib
 import io
 import json
@@ -33,15 +41,29 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from distgan.data.images import RESAMPLER, describe_error, is_image_name, read_header
+from distgan.data.images import (
+    RESAMPLER,
+    ImageTooLarge,
+    describe_error,
+    is_image_name,
+    read_header,
+)
 from distgan.errors import UserError
 from distgan.files import write_atomic
 
 log = logging.getLogger("distgan")
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: entries skipped while listing (``skipped``); a checked cache
 INDEX_SUFFIX = ".distgan-index.npz"
 LABELS_FILE = "dataset.json"  # StyleGAN2-ADA's {"labels": [[name, label], ...]} or {"labels": null}
 _ZIP_ARRAYS = ("offset", "csize", "method", "crc")
+HEADER_BYTES = 16 << 20  # a zip member is inflated at most this far to find its image's header
+_CHUNK = 1 << 20  # compressed bytes read at a time when inflating a member
+
+
+def labels_bound(num_files: int) -> int:
+    """The most bytes ``dataset.json`` may take for ``num_files`` listed images (1 MiB + 512 B each):
+    StyleGAN's entries take ~40 B; the bound keeps a planted file from exhausting memory in json.loads."""
+    return (1 << 20) + 512 * num_files
 
 
 @dataclass
@@ -59,6 +81,7 @@ class Index:
     classes: list[str]  # class names (subfolders), or "0".."K-1" from dataset.json
     labels_from: str  # "subfolders" | "dataset.json" | "none"
     unreadable: list[list[str]] = field(default_factory=list)  # [name, reason] of files left out
+    skipped: list[list[str]] = field(default_factory=list)  # [name, reason] of entries not listed (bad links)
     resampler: str = RESAMPLER
     zip: dict[str, np.ndarray] | None = None  # data offset, compressed size, method, crc32 of each member
 
@@ -81,48 +104,100 @@ class Index:
 
 
 # ------------------------------------------------------------------------------------------ listing
-def _walk(root: Path) -> tuple[list[str], dict[str, int]]:
-    """Image files under ``root`` (relative posix paths, sorted) and the mtime of every directory."""
-    names, dirs, seen, stack = [], {}, set(), [""]
+def _link_problem(path: Path, e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if e.errno == errno.ENOENT and os.path.islink(path):
+        return f"a dangling symbolic link (to {os.readlink(path)})"
+    return f"cannot be listed: {e.strerror or e}"
+
+
+def _walk(root: Path) -> tuple[list[str], dict[str, int], list[list[str]]]:
+    """Image files under ``root`` (relative posix paths, sorted), the mtime of every directory, and the
+    entries skipped: links that lead nowhere (a loop, a dangling link), to a folder already listed, or to
+    the root or a folder above it (which would list the file system above the data set). Other links
+    are followed, wherever they point (docs/data.md, "Untrusted data sets")."""
+    names, dirs, seen, stack, skipped = [], {}, set(), [""], []
+    real_root = os.path.realpath(root)
     while stack:
         rel = stack.pop()
-        st = os.stat(root / rel)
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+        try:
+            st = os.stat(root / rel)
+            if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already listed: a loop, or a copy
+                skipped.append([rel, "a folder already listed under another name (a link loop, or a second link)"])
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(root / rel))
+        except OSError as e:  # a folder gone, unreadable, or a link loop met on the way down
+            if not rel:
+                raise UserError(f"{root} cannot be listed: {e.strerror or e}") from None
+            skipped.append([rel, _link_problem(root / rel, e)])
             continue
-        seen.add((st.st_dev, st.st_ino))
         dirs[rel] = st.st_mtime_ns
-        with os.scandir(root / rel) as it:
-            for e in it:
-                if e.name.startswith("."):
-                    continue
-                r = f"{rel}/{e.name}" if rel else e.name
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            r = f"{rel}/{e.name}" if rel else e.name
+            try:
                 if e.is_dir():
+                    if e.is_symlink():
+                        target = os.path.realpath(root / r)
+                        if real_root == target or real_root.startswith(target.rstrip("/") + "/"):
+                            skipped.append([r, f"a symbolic link to {target}, the root or a folder above it "
+                                               "(a loop)"])
+                            continue
                     stack.append(r)
-                elif is_image_name(e.name) and e.is_file():
-                    names.append(r)
-    return sorted(names), dirs
+                elif e.is_file():
+                    if is_image_name(e.name):
+                        names.append(r)
+                elif e.is_symlink():  # a link to nothing (is_file is False for it)
+                    skipped.append([r, _link_problem(root / r, FileNotFoundError(errno.ENOENT, "dangling"))])
+            except OSError as err:  # ELOOP: a link to itself, or links that point at each other
+                skipped.append([r, _link_problem(root / r, err)])
+    return sorted(names), dirs, sorted(skipped)
 
 
-def _labels(names: list[str], labels_json: bytes | None, where: str) -> tuple[np.ndarray | None, list[str], str]:
+def _labels(names: list[str], labels_json: bytes | None, where: str, listed: set[str] | None = None
+            ) -> tuple[np.ndarray | None, list[str], str]:
     """Labels from dataset.json when there is one, else from the first path component when every image
-    is in a subfolder (torchvision's ImageFolder: classes in sorted order), else none."""
+    is in a subfolder (torchvision's ImageFolder: classes in sorted order), else none. ``listed``: every
+    file the folder or zip holds (also those left out as unreadable), which dataset.json may name.
+
+    dataset.json's labels must be integers (not booleans) in [0, number of images) for files that exist,
+    each listed once; anything else is one UserError naming the file and the entry."""
     if labels_json is not None:
+        where_json = f"{where}/{LABELS_FILE}"
+        fmt = 'StyleGAN\'s format {"labels": [[file, label], ...]} or {"labels": null}'
         try:
             doc = json.loads(labels_json)
             labels, names_of_classes = doc["labels"], doc.get("classes")  # "classes": distgan's addition
-            table = None if labels is None else {str(f).replace("\\", "/"): y for f, y in labels}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{where}/{LABELS_FILE} is not StyleGAN's format "
-                            '{"labels": [[file, label], ...]} or {"labels": null}') from None
-        if table is None:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            raise UserError(f"{where_json} is not {fmt}") from None
+        if labels is None:
             return None, [], "none"
-        missing = [n for n in names if n not in table]
+        if not isinstance(labels, list):
+            raise UserError(f"{where_json} is not {fmt}: \"labels\" is a {type(labels).__name__}, not a list")
+        listed = set(names) if listed is None else listed
+        n = max(len(listed), 1)  # every file listed, not only the readable ones: skip_bad keeps the bound
+        table: dict[str, int] = {}
+        for entry in labels:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise UserError(f"{where_json} is not {fmt}: entry {_short(entry)} is not a [file, label] pair")
+            f, y = entry[0].replace("\\", "/"), entry[1]
+            if type(y) is not int or not 0 <= y < n:
+                raise UserError(f"{where_json}: the label of {_short(f)} is {_short(y)}; labels must be integers "
+                                f"from 0 to {n - 1} (class indices, fewer than the {n} images)")
+            if f not in listed:
+                raise UserError(f"{where_json} labels {_short(f)}, which is not an image in {where}; remove "
+                                "the entry or add the file")
+            if f in table:
+                raise UserError(f"{where_json} labels {_short(f)} twice; list each image once")
+            table[f] = y
+        missing = [name for name in names if name not in table]
         if missing:
-            raise UserError(f"{where}/{LABELS_FILE} has no label for {missing[0]} ({len(missing)} images "
+            raise UserError(f"{where_json} has no label for {missing[0]} ({len(missing)} images "
                             "without one); list every image or set labels to null")
-        y = [table[n] for n in names]
-        if not all(isinstance(v, int) and v >= 0 for v in y):
-            raise UserError(f"{where}/{LABELS_FILE}: only non-negative integer class labels are supported")
+        y = [table[name] for name in names]
         k = max(y, default=-1) + 1
         classes = [str(c) for c in names_of_classes] if isinstance(names_of_classes, list) \
             and len(names_of_classes) >= k else [str(c) for c in range(k)]
@@ -135,22 +210,72 @@ def _labels(names: list[str], labels_json: bytes | None, where: str) -> tuple[np
     return None, [], "none"
 
 
+def _short(v: object, width: int = 60) -> str:
+    """``v`` for a message: its JSON form, cut to ``width`` characters."""
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def read_bounded(f, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of the open file ``f``; a UserError when it holds more."""
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{what} is larger than {limit} bytes, more than its images can need; it is not read")
+    return data
+
+
+def member_prefix(fd: int, offset: int, csize: int, method: int, size: int) -> bytes:
+    """The first ``size`` bytes (or fewer, all there are) of a zip member's content: ``csize`` bytes at
+    ``offset`` of ``fd``, stored or deflated. Reads and inflates no further than that."""
+    if method == zipfile.ZIP_STORED:
+        return os.pread(fd, min(csize, size), offset)
+    d, out, pos, end = zlib.decompressobj(-15), bytearray(), offset, offset + csize
+    while len(out) < size and not d.eof:
+        if d.unconsumed_tail:
+            raw = d.unconsumed_tail
+        else:
+            raw = os.pread(fd, min(_CHUNK, end - pos), pos) if pos < end else b""
+            if not raw:
+                break  # cut short: the CRC check or the decoder reports it
+            pos += len(raw)
+        out += d.decompress(raw, size - len(out))
+    return bytes(out)
+
+
+def inflate_member(fd: int, offset: int, csize: int, method: int, limit: int) -> bytes:
+    """A zip member's content, inflated at most to ``limit`` bytes: more raises :class:`ImageTooLarge`
+    without inflating the rest, so a small deflate bomb costs ``limit`` bytes of memory, not what it
+    expands to."""
+    data = member_prefix(fd, offset, csize, method, limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"zip member holds more than {limit} bytes, more than its declared image can need "
+                            "(distgan.data.images.encoded_size_bound): a decompression bomb")
+    return data
+
+
 def _zip_member_header(fd: int, info: zipfile.ZipInfo) -> tuple[int, int, int, str]:
-    """(data offset, width, height, mode) of a member: its local header, then the image's header."""
+    """(data offset, width, height, mode) of a member: its local header, then the image's header, found in
+    the first 64 KiB of the member, else in its first :data:`HEADER_BYTES` (never by inflating it all)."""
     local = os.pread(fd, 30, info.header_offset)
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
         raise ValueError("bad zip local header")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     offset = info.header_offset + 30 + name_len + extra_len
-    for size in (min(info.compress_size, 1 << 16), info.compress_size):  # the header is near the start
-        raw = os.pread(fd, size, offset)
-        data = raw if info.compress_type == zipfile.ZIP_STORED else zlib.decompressobj(-15).decompress(raw)
+    for size in (1 << 16, HEADER_BYTES):
+        data = member_prefix(fd, offset, info.compress_size, info.compress_type, size + 1)
+        whole = len(data) <= size
         try:
-            return (offset, *read_header(io.BytesIO(data)))
-        except Exception:  # noqa: BLE001 - retried on the whole member, then reported
-            if size == info.compress_size:
+            return (offset, *read_header(io.BytesIO(data[:size])))
+        except ImageTooLarge:
+            raise
+        except Exception:  # noqa: BLE001 - retried on a longer prefix, then reported
+            if whole:
                 raise
-    raise AssertionError("unreachable")
+    raise ImageTooLarge(f"no image header in the first {HEADER_BYTES} bytes of the member: a decompression "
+                        "bomb, or not an image")
 
 
 def _headers(fn, n: int, workers: int | None, desc: str, progress: bool) -> tuple[np.ndarray, dict, list]:
@@ -183,11 +308,11 @@ def _headers(fn, n: int, workers: int | None, desc: str, progress: bool) -> tupl
     return out, errors, list(modes)
 
 
-def _assemble(kind, source, key, names, headers, labels_json, where, zip_infos=None) -> Index:
+def _assemble(kind, source, key, names, headers, labels_json, where, zip_infos=None, skipped=()) -> Index:
     table, errors, modes = headers
     keep = np.asarray([i not in errors for i in range(len(names))], dtype=bool)
     good = [n for n, k in zip(names, keep) if k]
-    label, classes, labels_from = _labels(good, labels_json, where)
+    label, classes, labels_from = _labels(good, labels_json, where, {*names, *(n for n, _ in skipped)})
     encoded = [n.encode() for n in good]
     table = table[keep]
     order = sorted(range(len(modes)), key=modes.__getitem__)  # mode codes in sorted order of the names
@@ -206,31 +331,47 @@ def _assemble(kind, source, key, names, headers, labels_json, where, zip_infos=N
                  width=table[:, 1].astype(np.int32), height=table[:, 2].astype(np.int32),
                  mode=recode[table[:, 3]], modes=sorted(modes),
                  label=label, classes=classes, labels_from=labels_from,
-                 unreadable=[[names[i], r] for i, r in sorted(errors.items())], zip=zip_arrays)
+                 unreadable=[[names[i], r] for i, r in sorted(errors.items())], skipped=[list(x) for x in skipped],
+                 zip=zip_arrays)
 
 
 def build_index(source: str | os.PathLike, workers: int | None = None, progress: bool = True) -> Index:
     """List ``source`` (a folder or a zip) and read every image's header. Never decodes pixels."""
     src = Path(source)
     if src.is_dir():
-        names, dirs = _walk(src)
+        names, dirs, skipped = _walk(src)
         labels_path = src / LABELS_FILE
-        labels_json = labels_path.read_bytes() if labels_path.is_file() else None
+        labels_json = None
+        if labels_path.is_file():
+            with open(labels_path, "rb") as f:
+                labels_json = read_bounded(f, labels_bound(len(names)), str(labels_path))
         headers = _headers(lambda i: (0, *read_header(src / names[i])), len(names), workers,
                            f"indexing {src.name}", progress)
-        return _assemble("folder", src, folder_key(src, dirs), names, headers, labels_json, str(src))
+        return _assemble("folder", src, folder_key(src, dirs), names, headers, labels_json, str(src),
+                         skipped=skipped)
     if not src.exists():
         raise UserError(f"{src} does not exist; point dataset.root at an image folder or a zip")
     try:
         with zipfile.ZipFile(src) as zf:
-            infos = sorted((i for i in zf.infolist() if not i.is_dir() and is_image_name(i.filename)
-                            and not any(p.startswith(".") or p == "__MACOSX" for p in i.filename.split("/"))),
-                           key=lambda i: i.filename)
+            infos, skipped = [], []
+            for i in zf.infolist():
+                if i.is_dir() or not is_image_name(i.filename) \
+                        or any(p.startswith(".") or p == "__MACOSX" for p in i.filename.split("/")[:-1]):
+                    continue
+                if i.filename.split("/")[-1].startswith("."):
+                    continue
+                reason = bad_name(i.filename)
+                if reason:  # never a path here (members are read by offset), but an index holds none
+                    skipped.append([i.filename, f"an unsafe member name ({reason})"])
+                else:
+                    infos.append(i)
+            infos.sort(key=lambda i: i.filename)
             try:
-                labels_json = zf.read(LABELS_FILE)
+                with zf.open(LABELS_FILE) as f:
+                    labels_json = read_bounded(f, labels_bound(len(infos)), f"{src}:{LABELS_FILE}")
             except KeyError:  # no dataset.json: labels from subfolders, or none
                 labels_json = None
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, zlib.error) as e:
         raise UserError(f"{src} is not a readable zip ({e}); make one with launch/prepare_dataset.py") from None
     for i in infos:
         if i.flag_bits & 1:
@@ -245,7 +386,7 @@ def build_index(source: str | os.PathLike, workers: int | None = None, progress:
     finally:
         os.close(fd)
     return _assemble("zip", src, zip_key(src), [i.filename for i in infos], headers, labels_json, str(src),
-                     zip_infos=infos)
+                     zip_infos=infos, skipped=sorted(skipped))
 
 
 # -------------------------------------------------------------------------------------------- cache
@@ -281,7 +422,7 @@ def save_index(index: Index, path: Path) -> None:
     """Write atomically (:func:`distgan.files.write_atomic`): a reader never sees half an index."""
     meta = {"version": INDEX_VERSION, "kind": index.kind, "source": index.source, "key": index.key,
             "modes": index.modes, "classes": index.classes, "labels_from": index.labels_from,
-            "unreadable": index.unreadable, "resampler": index.resampler}
+            "unreadable": index.unreadable, "skipped": index.skipped, "resampler": index.resampler}
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), "names_blob": index.names_blob,
               "name_ends": index.name_ends, "width": index.width, "height": index.height, "mode": index.mode}
     if index.label is not None:
@@ -291,29 +432,174 @@ def save_index(index: Index, path: Path) -> None:
     write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
+def bad_name(name: str) -> str:
+    """Why ``name`` cannot be an index entry ('' when it can): an entry is a relative, normalized posix
+    path inside the root: no empty, ``.``, ``..`` or hidden component, no leading ``/``, no NUL."""
+    if not name:
+        return "empty"
+    if "\0" in name:
+        return "a NUL byte"
+    if name.startswith("/"):
+        return "an absolute path"
+    if any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
+        return "not a normalized path inside the folder (an empty, '.', '..' or hidden component)"
+    return ""
+
+
+def _positions(blob: np.ndarray, byte: int, chunk: int = 1 << 22) -> np.ndarray:
+    """Where ``byte`` occurs in ``blob``, found a chunk at a time (one small reused mask, not one the
+    size of the blob)."""
+    mask, parts = np.empty(min(chunk, len(blob)), dtype=bool), []
+    for start in range(0, len(blob), chunk):
+        part = blob[start:start + chunk]
+        np.equal(part, byte, out=mask[:len(part)])
+        parts.append(np.flatnonzero(mask[:len(part)]) + start)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _bad_blob(blob: np.ndarray, ends: np.ndarray) -> str:
+    """:func:`bad_name` over every name of an index at once, plus: valid UTF-8, each name whole.
+    Vectorized: a few passes over the arrays, about as long as reading them from disk."""
+    if not len(ends):
+        return "" if not len(blob) else "names without entries"
+    starts = np.concatenate(([0], ends[:-1]))
+    if np.any(ends - starts <= 0):
+        return "an empty name"
+    if int(blob.min()) == 0:
+        return "a name with a NUL byte"
+    if int(blob.max()) >= 0x80:  # not ASCII: the whole blob valid UTF-8, no name starting mid-character
+        try:
+            blob.tobytes().decode()
+        except UnicodeDecodeError:
+            return "a name that is not UTF-8"
+        if np.any((blob[starts] & 0xC0) == 0x80):
+            return "a name that is not UTF-8"
+    if np.any(blob[starts] == ord("/")):
+        return "an absolute path"
+    if np.any(blob[ends - 1] == ord("/")):
+        return "a name with an empty component"
+    slashes = _positions(blob, ord("/"))
+    if np.any(np.diff(slashes) == 1):
+        return "a name with an empty component"
+    # a '.' that begins a name or follows a '/' (never a name's last byte, checked above): '.', '..', hidden
+    if np.any(blob[starts] == ord(".")) or np.any(blob[slashes + 1] == ord(".")):
+        return "a name with a '.', '..' or hidden component (a path out of the folder)"
+    return ""
+
+
+def _check(index: Index, src: Path) -> str:
+    """Why the cached ``index`` must not be used for ``src`` ('' when it may): the checks of a cache that
+    may have been planted (docs/data.md, "Untrusted data sets")."""
+    n = len(index.name_ends)
+    arrays = [index.width, index.height, index.mode] + ([index.label] if index.label is not None else []) \
+        + list((index.zip or {}).values())
+    if index.kind not in ("folder", "zip") or index.kind != ("folder" if src.is_dir() else "zip"):
+        return f"it indexes a {index.kind}"
+    if index.names_blob.dtype != np.uint8 or index.name_ends.dtype.kind not in "iu" \
+            or any(a.ndim != 1 or len(a) != n or a.dtype.kind not in "iu" for a in arrays) \
+            or index.names_blob.ndim != 1 or index.name_ends.ndim != 1:
+        return "its arrays do not fit together"
+    if n and (np.any(np.diff(index.name_ends) < 0) or index.name_ends[0] < 0
+              or int(index.name_ends[-1]) != len(index.names_blob)):
+        return "its name offsets are out of order"
+    if reason := _bad_blob(index.names_blob, index.name_ends.astype(np.int64)):
+        return reason
+    if n and (index.width.min() < 1 or index.height.min() < 1 or int(index.mode.max()) >= len(index.modes)):
+        return "an image size or mode out of range"
+    if index.label is not None and n and (index.label.min() < 0 or index.label.max() >= len(index.classes)):
+        return "a label out of range"
+    if not all(isinstance(m, str) for m in index.modes) or not all(isinstance(c, str) for c in index.classes):
+        return "its modes or classes are not names"
+    if index.kind == "folder":
+        if index.source != str(src):  # a folder's index is made for one path (zips: see staging)
+            return f"it was built for {index.source}"
+        if not isinstance(index.key.get("dirs"), dict) or any(bad_name(d) for d in index.key["dirs"] if d):
+            return "its key lists folders outside the root"
+    else:
+        z, size = index.zip, src.stat().st_size
+        if set(z) != set(_ZIP_ARRAYS):
+            return "its zip arrays are missing"
+        if n and (z["offset"].min() < 0 or z["csize"].min() < 0
+                  or int((z["offset"].astype(np.int64) + z["csize"]).max()) > size
+                  or not np.isin(z["method"], (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)).all()):
+            return "a member lies outside the zip"
+    return ""
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``np.savez`` file, each read within the bytes it holds on disk: members must be
+    stored (savez never compresses) and each array's declared shape must fit its member, so a planted
+    file cannot make this allocate more than its own size. ValueError otherwise."""
+    from numpy.lib import format as npformat
+
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename} is not a stored .npy")
+            with zf.open(info) as f:
+                version = npformat.read_magic(f)
+                read = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise ValueError(f"member {info.filename} is of .npy version {version}")
+                shape, fortran, dtype = read(f, max_header_size=10000)
+                if dtype.hasobject or fortran:
+                    raise ValueError(f"member {info.filename} holds objects")
+                count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                nbytes = count * dtype.itemsize
+                if count < 0 or nbytes != info.file_size - f.tell():
+                    raise ValueError(f"member {info.filename} declares a shape its bytes do not hold")
+                buf = bytearray(nbytes)
+                if f.readinto(buf) != nbytes:
+                    raise ValueError(f"member {info.filename} is cut short")
+                out[info.filename[:-4]] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return out
+
+
 def load_index(path: Path) -> Index | None:
-    """The index stored at ``path``, or None when it is missing, unreadable or of another version."""
+    """The index stored at ``path``, or None when it is missing, unreadable or of another version;
+    raises ValueError (its reason) for a file that is not a well-formed index of this version."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
+        a = _read_npz(path)
         meta = json.loads(a.pop("meta").tobytes())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None
-    if meta.get("version") != INDEX_VERSION or meta.get("resampler") != RESAMPLER:
-        return None
-    zip_arrays = {k: a[k] for k in _ZIP_ARRAYS} if meta["kind"] == "zip" else None
-    return Index(kind=meta["kind"], source=meta["source"], key=meta["key"], names_blob=a["names_blob"],
-                 name_ends=a["name_ends"], width=a["width"], height=a["height"], mode=a["mode"],
-                 modes=meta["modes"], label=a.get("label"), classes=meta["classes"],
-                 labels_from=meta["labels_from"], unreadable=meta["unreadable"], resampler=meta["resampler"],
-                 zip=zip_arrays)
+    except (OSError, KeyError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"it cannot be read ({type(e).__name__})") from None
+    except ValueError as e:
+        raise ValueError(f"it cannot be read ({e})") from None
+    if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION or meta.get("resampler") != RESAMPLER:
+        return None  # another version's, or another resampler's: rebuilt without a word
+    try:
+        zip_arrays = {k: a[k] for k in _ZIP_ARRAYS} if meta["kind"] == "zip" else None
+        index = Index(kind=meta["kind"], source=meta["source"], key=meta["key"], names_blob=a["names_blob"],
+                      name_ends=a["name_ends"], width=a["width"], height=a["height"], mode=a["mode"],
+                      modes=list(meta["modes"]), label=a.get("label"), classes=list(meta["classes"]),
+                      labels_from=meta["labels_from"], unreadable=[[str(x) for x in u] for u in meta["unreadable"]],
+                      skipped=[[str(x) for x in u] for u in meta["skipped"]], resampler=meta["resampler"],
+                      zip=zip_arrays)
+        if not isinstance(index.key, dict) or not isinstance(index.source, str):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("its fields are not an index's") from None
+    return index
 
 
 def cached_index(source: str | os.PathLike) -> tuple[Index, Path] | None:
-    """The first cached index of ``source`` whose key still matches, and where it is."""
+    """The first cached index of ``source`` whose key still matches and that passes :func:`_check`, and
+    where it is. One that fails the checks is ignored with a warning (it is rebuilt, never followed)."""
     src = Path(source).resolve()
     for path in index_paths(src):
-        index = load_index(path) if path.is_file() else None
+        if not path.is_file():
+            continue
+        try:
+            index = load_index(path)
+            reason = "" if index is None else _check(index, src)
+        except ValueError as e:
+            index, reason = None, str(e)
+        except Exception as e:  # noqa: BLE001 - whatever a planted file provokes, it is not used
+            index, reason = None, f"it cannot be checked ({type(e).__name__})"
+        if reason:
+            log.warning("ignoring the cached index %s: %s; rebuilding it", path, reason)
+            continue
         if index is not None and _key_matches(index, src):
             return index, path
     return None

@@ -20,6 +20,7 @@ import os
 import signal
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from distgan.data.image_files import FolderDataset, ImageDataset, ZipDataset
 from distgan.data.images import BadImageError, check_resolution, load_image
-from distgan.data.index import LABELS_FILE, build_index
+from distgan.data.index import LABELS_FILE, build_index, labels_bound, read_bounded
 from distgan.errors import UserError
 from distgan.files import TEMP_SUFFIX, write_atomic
 
@@ -57,12 +58,25 @@ class PrepareSummary:
 
 
 # ------------------------------------------------------------------------------ pool worker side
-_worker: tuple[ImageDataset, int] | None = None
+_worker: tuple[ImageDataset, int, str] | None = None
+# resize_filter= -> PIL.Image.Resampling member (NVIDIA's dataset_tool --resize-filter; box for its FFHQ-256 FIDs)
+RESIZE_FILTERS = {"lanczos": "LANCZOS", "box": "BOX"}
 
 
-def _init_worker(dataset: ImageDataset, level: int) -> None:
+def recorded_filter(zip_path: str | os.PathLike) -> str | None:
+    """The ``resize_filter`` a zip was prepared with (dataset.json's "resize_filter", distgan's addition), or
+    None (another tool's zip, an unreadable one, or a folder)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            with zf.open(LABELS_FILE) as f:  # within a bound: dataset.json may be a deflate bomb
+                return json.loads(read_bounded(f, labels_bound(len(zf.infolist())), LABELS_FILE)).get("resize_filter")
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile, zlib.error, UserError):
+        return None
+
+
+def _init_worker(dataset: ImageDataset, level: int, resample: str = "LANCZOS") -> None:
     global _worker
-    _worker = (dataset, level)
+    _worker = (dataset, level, resample)
     try:  # Linux: die with the parent, so a killed prepare leaves no orphaned workers
         import ctypes
 
@@ -71,9 +85,9 @@ def _init_worker(dataset: ImageDataset, level: int) -> None:
         pass
 
 
-def _encode(ds: ImageDataset, level: int, j: int) -> tuple[int, bytes | None, str]:
+def _encode(ds: ImageDataset, level: int, j: int, resample: str = "LANCZOS") -> tuple[int, bytes | None, str]:
     try:
-        x = load_image(ds.file(j), ds.name(j), ds.channels, ds.resolution)
+        x = load_image(ds.file(j), ds.name(j), ds.channels, ds.resolution, resample)
     except BadImageError as e:
         return j, None, e.reason
     from PIL import Image
@@ -85,8 +99,8 @@ def _encode(ds: ImageDataset, level: int, j: int) -> tuple[int, bytes | None, st
 
 
 def _encode_chunk(js: list[int]) -> list[tuple[int, bytes | None, str]]:
-    ds, level = _worker
-    return [_encode(ds, level, j) for j in js]
+    ds, level, resample = _worker
+    return [_encode(ds, level, j, resample) for j in js]
 
 
 # ----------------------------------------------------------------------------------- the driver
@@ -113,15 +127,21 @@ def _remove_stale_temps(dest: Path) -> None:
 
 def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int, channels: int | None = None,
             workers: int | None = None, min_size: int | None = None, overwrite: bool = False,
-            compress_level: int = 0, labels: bool = True, progress: bool = True) -> PrepareSummary:
+            compress_level: int = 0, labels: bool = True, progress: bool = True,
+            resize_filter: str = "lanczos") -> PrepareSummary:
     """Write ``dest`` (a .zip) from ``source`` (a folder or a zip); see the module docstring.
 
     ``channels``: 1 or 3, default 1 when every source image is grayscale, else 3. ``workers``: decoding
     processes (default: every CPU; 1 decodes in this process). ``min_size``: skip images whose shorter
     side is below it (default ``resolution // 4``: a 4x upscale is no training data). ``compress_level``:
     PNG zlib level (0 as StyleGAN's dataset_tool: bigger files, the fastest decode). ``labels=False``
-    writes ``{"labels": null}`` (e.g. FFHQ's numbered subfolders are no classes)."""
+    writes ``{"labels": null}`` (e.g. FFHQ's numbered subfolders are no classes). ``resize_filter``: lanczos
+    or box (NVIDIA's dataset_tool --resize-filter; its FFHQ-256 FIDs are of box-filtered images), recorded in
+    dataset.json as "resize_filter"."""
     t0 = time.perf_counter()
+    if resize_filter not in RESIZE_FILTERS:
+        raise UserError(f"resize_filter={resize_filter}: use {' or '.join(RESIZE_FILTERS)}")
+    resample = RESIZE_FILTERS[resize_filter]
     resolution = check_resolution(resolution, key="resolution")
     src = Path(os.path.expanduser(str(source))).resolve()
     dst = Path(os.path.expanduser(str(dest))).resolve()
@@ -140,7 +160,7 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
     work = [j for j in range(ds.num_images) if short[j] >= min_size]
     labelled = labels and ds.num_classes > 0
     summary = PrepareSummary(str(dst), 0, resolution, ds.channels, ds.num_classes if labelled else 0,
-                             unreadable=[(ds.locate(u[0]), u[1]) for u in ds.index.unreadable],
+                             unreadable=[(ds.locate(u[0]), u[1]) for u in ds.index.skipped + ds.index.unreadable],
                              tiny=[(ds.name(j), int(ds.index.width[j]), int(ds.index.height[j]))
                                    for j in range(ds.num_images) if short[j] < min_size])
     _remove_stale_temps(dst)
@@ -149,7 +169,7 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf, \
                 tqdm(total=len(work), desc=f"prepare {dst.name}", unit="img", disable=not progress) as bar:
-            for j, png, reason in _encoded(ds, work, workers, compress_level):
+            for j, png, reason in _encoded(ds, work, workers, compress_level, resample):
                 bar.update()
                 if png is None:
                     summary.unreadable.append((ds.name(j), reason))
@@ -163,7 +183,8 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
             if summary.images == 0:
                 raise UserError(f"none of the {ds.num_images} images in {src} could be prepared "
                                 f"({summary.skipped} unreadable or smaller than min_size={min_size})")
-            doc = {"labels": rows if labelled else None, "classes": ds.index.classes if labelled else None}
+            doc = {"labels": rows if labelled else None, "classes": ds.index.classes if labelled else None,
+                   "resize_filter": resize_filter}
             zf.writestr(zipfile.ZipInfo(LABELS_FILE, date_time=_ZIP_TIME), json.dumps(doc))
 
     write_atomic(dst, write)
@@ -171,15 +192,15 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike, resolution: int,
     return summary
 
 
-def _encoded(ds: ImageDataset, work: list[int], workers: int, level: int):
+def _encoded(ds: ImageDataset, work: list[int], workers: int, level: int, resample: str = "LANCZOS"):
     """(j, png bytes or None, reason) for each j of ``work``, in order."""
     if workers <= 1 or len(work) <= _CHUNK:
-        yield from (_encode(ds, level, j) for j in work)
+        yield from (_encode(ds, level, j, resample) for j in work)
         return
     chunks = [work[s:s + _CHUNK] for s in range(0, len(work), _CHUNK)]
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     pool = cf.ProcessPoolExecutor(min(workers, len(chunks)), mp_context=ctx, initializer=_init_worker,
-                                  initargs=(ds, level))
+                                  initargs=(ds, level, resample))
     try:
         for rows in pool.map(_encode_chunk, chunks):
             yield from rows

@@ -21,6 +21,7 @@ from distgan.cli import debug, fail
 from distgan.compose import check_group_choices, compose, to_config
 from distgan.errors import UserError
 from distgan.files import probe_writable
+from distgan.rundir import RunDir
 
 # Hydra flags after which the command line is not a training run (or uses another config): left to Hydra.
 _HYDRA_ONLY = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion",
@@ -49,11 +50,26 @@ def check_command_line(argv: list[str]) -> list[str]:
     from distgan.launcher.preflight import preflight  # after the cheap checks: it imports more
 
     try:
-        preflight(to_config(dcfg, run_dir))
+        if not multirun:
+            RunDir(run_dir).check_unlocked()  # one run per folder: before anything is read or written
+        preflight(to_config(dcfg, run_dir), typed=_typed_model_keys(overrides))  # typed: checked against init=
     except UserError as e:
         fail(str(e))
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={_quoted(str(run_dir.absolute()))}"]
+
+
+def _typed_model_keys(overrides: list[str]) -> set[str]:
+    """The model keys the command line sets (``model=NAME``: ``name``; ``model.KEY=``: ``KEY``), which
+    ``init=`` must not contradict (distgan/warm_start.py)."""
+    keys = set()
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key == "model":
+            keys.add("name")
+        elif key.startswith("model."):
+            keys.add(key.split(".", 1)[1])
+    return keys
 
 
 def _quoted(value: str) -> str:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 from distgan.config import Config
+from distgan.files import write_atomic
 from distgan.launcher import watcher_actor
 from distgan.launcher.backends import world_size
 from distgan.launcher.progress import follow, summary
 from distgan.launcher.ray_train import RAY_ENV, RAY_SYSTEM_CONFIG, fit, run_in_thread, secure_ray_env
+from distgan.rundir import RunDir
 
 
 def launch(cfg: Config, cuda_devices: int) -> str:
@@ -24,6 +29,7 @@ def launch(cfg: Config, cuda_devices: int) -> str:
     ray.init(num_cpus=max(os.cpu_count() or 1, needed), num_gpus=cuda_devices,
              include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              configure_logging=True, _system_config=RAY_SYSTEM_CONFIG)
+    terminated = _stop_on_sigterm(RunDir(run_dir), cfg.cluster.term_grace_s)  # after ray.init: it sets its own
     note = None
     try:
         # train.eval_mode=async: the evaluator scores checkpoints beside the trainer (distgan/launcher/watcher_actor.py)
@@ -33,8 +39,44 @@ def launch(cfg: Config, cuda_devices: int) -> str:
         thread.join()
         if evaluator is not None:
             note = watcher_actor.finish(evaluator, run_dir, training_ok=box["error"] is None)
+    except KeyboardInterrupt:
+        if terminated:
+            raise Terminated(None) from None
+        raise
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         ray.shutdown()
     if box["error"] is not None:
         raise box["error"]
-    return summary(run_dir, last) + (f"\n{note}" if note else "")
+    text = summary(run_dir, last) + (f"\n{note}" if note else "")
+    if terminated:
+        raise Terminated(text)
+    return text
+
+
+class Terminated(Exception):  # noqa: N818 - not an error: how the run ended
+    """The run ended on SIGTERM: ``summary`` after the checkpoint the stop request made, None when no log tick
+    came within ``cluster.term_grace_s`` (the run then stopped at once, its last checkpoint intact)."""
+
+    def __init__(self, summary: str | None):
+        super().__init__("stopped by SIGTERM")
+        self.summary = summary
+
+
+def _stop_on_sigterm(run_dir: RunDir, grace_s: int) -> list[float]:
+    """SIGTERM (``kill``, a container stop) ends a local run as cleanly as Ctrl-C, and better: a stop request
+    that every rank honours at the next log tick with a checkpoint. If none comes within ``grace_s`` (or at a
+    second SIGTERM), the run stops at once like Ctrl-C. Returns the list that records the signal's arrival."""
+    arrived: list[float] = []
+
+    def on_term(signum, frame):
+        if arrived:
+            raise KeyboardInterrupt
+        arrived.append(time.time())
+        write_atomic(run_dir.stop_file, "SIGTERM")
+        timer = threading.Timer(grace_s, os.kill, (os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    return arrived

@@ -5,6 +5,7 @@ plain sbatch job (:func:`run_in_allocation`, launch/slurm_allocation.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
@@ -28,8 +29,13 @@ def run(dcfg: DictConfig) -> None:
     from distgan.launcher.ray_train import root_cause
 
     run_dir = RunDir(HydraConfig.get().runtime.output_dir)
+    hold = contextlib.ExitStack()
     try:
         checked = preflight(to_config(dcfg, run_dir.path))  # done already by the pre-check for a single run
+        if checked.cfg.cluster.name == "local":
+            hold.enter_context(run_dir.lock())  # one run per folder, for this run's life
+        else:
+            run_dir.check_unlocked()  # the SLURM job's first task holds it while it trains
         prepare_run_dir(checked.cfg)
     except UserError as e:
         run_dir.discard_if_empty()
@@ -41,21 +47,34 @@ def run(dcfg: DictConfig) -> None:
     if checked.resume_note:
         print(checked.resume_note, flush=True)
         log.info(checked.resume_note)
-    try:
-        print(_launch(cfg, checked.cuda_devices))
-    except KeyboardInterrupt:
-        fail(f"interrupted; the last checkpoint in {run_dir.checkpoints} is intact "
-             "(run again with the same hydra.run.dir to resume)", 130)
-    except Exception as e:  # noqa: BLE001 - one clear line, the traceback only on request
-        if debug():
-            raise
-        cause = root_cause(e)
-        if isinstance(cause, UserError):
-            fail(str(cause))
-        with open(run_dir.log, "a") as f:  # the traceback for the curious, not the terminal
-            traceback.print_exc(file=f)
-        fail(f"training failed: {type(cause).__name__}: {first_line(cause)} "
-             f"(details in {run_dir.log}; HYDRA_FULL_ERROR=1 for the traceback)", 1)
+    from distgan.launcher.local import Terminated
+
+    with hold:
+        try:
+            print(_launch(cfg, checked.cuda_devices))
+        except Terminated as t:
+            if t.summary is None:
+                fail(f"SIGTERM: no checkpoint within cluster.term_grace_s={cfg.cluster.term_grace_s}; the last "
+                     f"checkpoint in {run_dir.checkpoints} is intact (run again with the same hydra.run.dir to "
+                     "resume)", 143)
+            print(t.summary)
+            from distgan import checkpoint
+
+            fail(f"stopped by SIGTERM: checkpoint {checkpoint.newest(run_dir.checkpoints)} saved (run again with "
+                 "the same hydra.run.dir to resume)", 143)
+        except KeyboardInterrupt:
+            fail(f"interrupted; the last checkpoint in {run_dir.checkpoints} is intact "
+                 "(run again with the same hydra.run.dir to resume)", 130)
+        except Exception as e:  # noqa: BLE001 - one clear line, the traceback only on request
+            if debug():
+                raise
+            cause = root_cause(e)
+            if isinstance(cause, UserError):
+                fail(str(cause))
+            with open(run_dir.log, "a") as f:  # the traceback for the curious, not the terminal
+                traceback.print_exc(file=f)
+            fail(f"training failed: {type(cause).__name__}: {first_line(cause)} "
+                 f"(details in {run_dir.log}; HYDRA_FULL_ERROR=1 for the traceback)", 1)
 
 
 def _launch(cfg: Config, cuda_devices: int) -> str:

@@ -28,15 +28,17 @@ class Checked:
     cuda_devices: int  # CUDA devices this process can give the run (cluster=local)
     resume_note: str | None  # "resuming from checkpoints/step_0000030 (step 30 of 45)" when a run continues
     data: DataFacts  # the training set as the driver sees it (for the start-up summary)
+    parameters: tuple[int, int]  # G's and D's parameter counts
 
 
 _DONE: dict[tuple[str, str], Checked] = {}  # the pre-check and Hydra's run see the same run: check it once
 
 
-def preflight(cfg: Config) -> Checked:
+def preflight(cfg: Config, typed: set[str] | None = None) -> Checked:
+    """``typed``: the model keys the command line set (checked against ``init=``; None: not known)."""
     key = (cfg.run_dir, json.dumps(to_dict(cfg), sort_keys=True, default=str))
     if key not in _DONE:
-        _DONE[key] = _preflight(cfg)
+        _DONE[key] = _preflight(cfg, typed)
     return _DONE[key]
 
 
@@ -61,20 +63,67 @@ def check_config(cfg: Config, cuda_devices: int = 0) -> Config:
     return cfg
 
 
-def _preflight(cfg: Config) -> Checked:
+def _preflight(cfg: Config, typed: set[str] | None = None) -> Checked:
     cuda = cuda_devices_for(cfg)
+    cfg = _check_init(cfg, typed)  # init=PATH: the model's settings are the init's
     check_config(cfg, cuda)
     from distgan import data, models
 
     cfg = replace(cfg, dataset=data.locate(cfg.dataset))  # a folder or zip: its index (no image decoded)
+    _check_init(cfg, typed, resolution=data.resolution(cfg.dataset))  # before the model's own size rule
     models.check(cfg)  # after locate(), which pins the resolution of a folder or zip
     facts = _check_data_readable(cfg)
     _check_metrics(cfg)
     run_dir = RunDir(cfg.run_dir)
     _check_writable(run_dir.path)
-    note = _check_checkpoints(cfg, run_dir)
+    G, D = _networks(cfg, facts)
+    _check_init(cfg, typed, facts=facts, D=D)  # the data fits the init; train.freeze_d fits D
+    note = _init_note(cfg, _check_checkpoints(cfg, run_dir, G, D))
     backend(cfg.cluster.name).check_environment(cfg)
-    return Checked(cfg, cuda, note, facts)
+    return Checked(cfg, cuda, note, facts, (parameters(G), parameters(D)))
+
+
+def _networks(cfg: Config, facts: DataFacts):
+    """G and D as the workers will build them, on the meta device (shapes, no memory): for the parameter
+    counts and for the same checkpoint test the workers apply."""
+    import torch
+
+    from distgan.models import build_models
+
+    classes = facts.classes if cfg.model.conditional else 0
+    try:
+        with torch.device("meta"):
+            return build_models(cfg.model, facts.shape, classes)
+    except (RuntimeError, NotImplementedError):  # a layer that computes on its weights when built
+        return build_models(cfg.model, facts.shape, classes)
+
+
+def _check_init(cfg: Config, typed: set[str] | None, resolution: int | None = None, facts: DataFacts | None = None,
+                D=None) -> Config:
+    """``init=PATH`` (distgan/warm_start.py): read once, the model's settings taken from it (a typed model key
+    that contradicts it is one line); then the data's resolution, channels and classes against it, and
+    ``train.freeze_d`` against D's layers. Returns ``cfg`` with the init's model settings."""
+    from distgan import warm_start
+
+    if D is not None:
+        warm_start.check_freeze(cfg, D)
+    if facts is not None:
+        warm_start.check_data(cfg, shape=facts.shape, classes=facts.classes)
+    elif resolution is not None:
+        warm_start.check_data(cfg, resolution=resolution)
+    elif cfg.init:  # absolute: Ray workers run in another folder
+        cfg = warm_start.configure(replace(cfg, init=str(Path(cfg.init).expanduser().absolute())), typed)
+    return cfg
+
+
+def _init_note(cfg: Config, note: str | None) -> str | None:
+    """What the start-up says about ``init=``: used (a run without checkpoints) or ignored (it has its own)."""
+    if not cfg.init:
+        return note
+    if note is None:
+        return f"starting from init={cfg.init}: its G, D and G_ema at step 0, with new optimizers"
+    return (f"{note}\n  init={cfg.init} ignored: the run continues its own checkpoints (the model's settings "
+            "are the init's)")
 
 
 def _check_data_readable(cfg: Config) -> DataFacts:
@@ -97,22 +146,10 @@ def _check_data_readable(cfg: Config) -> DataFacts:
 
 
 def startup_summary(checked: Checked) -> str:
-    """The lines the driver prints before training (distgan/startup.py); the networks are built on the
-    meta device only to count their parameters."""
-    import torch
-
-    from distgan.models import build_models
-
-    cfg, facts = checked.cfg, checked.data
-    classes = facts.classes if cfg.model.conditional else 0
-    try:
-        with torch.device("meta"):
-            G, D = build_models(cfg.model, facts.shape, classes)
-    except (RuntimeError, NotImplementedError):  # a layer that computes on its weights when built
-        G, D = build_models(cfg.model, facts.shape, classes)
-    cluster = backend(cfg.cluster.name)
+    """The lines the driver prints before training (distgan/startup.py)."""
+    cfg, cluster = checked.cfg, backend(checked.cfg.cluster.name)
     device = "cuda" if cluster.use_gpu(cfg, checked.cuda_devices) else "cpu"
-    return describe(cfg, facts, parameters(G), parameters(D), cluster.world_size(cfg, checked.cuda_devices), device)
+    return describe(cfg, checked.data, *checked.parameters, cluster.world_size(cfg, checked.cuda_devices), device)
 
 
 def _check_metrics(cfg: Config) -> None:
@@ -137,46 +174,39 @@ def _check_writable(path: Path) -> None:
                         "you can write") from None
 
 
-def _check_checkpoints(cfg: Config, run_dir: RunDir) -> str | None:
-    """What the workers will resume from, checked now; returns the line that says so."""
+def _check_checkpoints(cfg: Config, run_dir: RunDir, G, D) -> str | None:
+    """What the workers will resume from, checked now with the workers' own test (the checkpoint loads,
+    has what resuming needs, and fits this config's networks); returns the line that says so, naming
+    every newer checkpoint passed over and why."""
     from distgan import checkpoint
+    from distgan.train import resumable
 
     found = checkpoint.list_checkpoints(run_dir.checkpoints)
     if cfg.resume == "never" and found:
         raise UserError(f"{run_dir} already holds checkpoints and resume=never; use resume=auto to continue "
                         "it or a new hydra.run.dir")
     if found:
-        # resume=auto (or PATH) on a run with checkpoints: the newest that verifies is used; if none does,
+        # resume=auto (or PATH) on a run with checkpoints: the newest that loads is used; if none does,
         # stop here rather than silently starting over (and later deleting the evidence by retention)
-        folder, _, skipped = checkpoint.load_latest(run_dir.checkpoints, verify_only=True)
+        folder, state, skipped = checkpoint.load_latest(run_dir.checkpoints, check=resumable(G, D))
         if folder is None:
-            raise UserError(f"no checkpoint in {run_dir.checkpoints} is readable ({skipped[0]}); use a new "
+            raise UserError(f"no checkpoint in {run_dir.checkpoints} can be resumed ({skipped[0]}); use a new "
                             "hydra.run.dir, or resume=PATH with a good checkpoint")
-        for reason in skipped:  # the workers fall back to ``folder`` the same way
-            log.warning("skipping a checkpoint: %s", reason)
-        return _resume_note(folder.relative_to(run_dir.path), checkpoint.read_meta(folder).get("step"), cfg)
+        note = _resume_note(folder.relative_to(run_dir.path), state, cfg)
+        return "\n".join([note, *(f"skipping a checkpoint: {reason}" for reason in skipped)])
     if cfg.resume not in ("auto", "never"):
-        state = _check_resume_checkpoint(cfg)
-        return _resume_note(cfg.resume, state.step, cfg)
+        state = checkpoint.load(cfg.resume)
+        resumable(G, D)(state, Path(cfg.resume))
+        return _resume_note(cfg.resume, state, cfg)
     return None
 
 
-def _resume_note(source, step, cfg: Config) -> str:
-    return f"resuming from {source} (step {step} of {cfg.train.steps})"
+def _resume_note(source, state: dict, cfg: Config) -> str:
+    from distgan.train import optimizer_changes
 
-
-def _check_resume_checkpoint(cfg: Config):
-    """``resume=PATH``: the checkpoint must load and match this config's architecture."""
-    from distgan import checkpoint
-    from distgan.models import build_models
-    from distgan.state import TrainState
-
-    state = TrainState.from_dict(checkpoint.load(cfg.resume), cfg.resume)
-    num_classes = int(state.num_classes or 0) if cfg.model.conditional else 0
-    G, D = build_models(cfg.model, tuple(state.data_shape or ()), num_classes)
-    checkpoint.check_architecture(G, state.G, "generator", cfg.resume)
-    checkpoint.check_architecture(D, state.D, "discriminator", cfg.resume)
-    return state
+    changed = optimizer_changes(state.get("config"), cfg)
+    applied = f"; applying {', '.join(changed)} (the checkpoint's optimizer state keeps its moments)" if changed else ""
+    return f"resuming from {source} (step {state.get('step')} of {cfg.train.steps}){applied}"
 
 
 def prepare_run_dir(cfg: Config) -> Path:

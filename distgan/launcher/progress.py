@@ -21,8 +21,14 @@ def read_progress(run_dir: str | Path, offset: int) -> tuple[list[dict], int]:
     with open(path, "rb") as f:
         f.seek(offset)
         chunk = f.read()
-    end = chunk.rfind(b"\n") + 1
-    lines = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+    end = chunk.rfind(b"\n") + 1  # a last line without its newline is still being written (or torn)
+    lines = []
+    for line in chunk[:end].splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:  # a fragment a crash left mid-file (older runs): skipped, never fatal
+            if line.strip():
+                log.warning("skipping an unreadable line of %s: %r", path, line[:80])
     return lines, offset + end
 
 

@@ -92,6 +92,8 @@ def launch(cfg: Config) -> str:
 
     run_dir = RunDir(cfg.run_dir)
     folder = Path(cfg.cluster.folder or run_dir.slurm)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)  # submitit keeps the pickled job (the run's config) here: the user's alone, like the token
     secure_ray_env(run_dir.path)  # the token file, on shared storage, before any task starts
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
                                      slurm_max_num_timeout=cfg.cluster.max_requeues)

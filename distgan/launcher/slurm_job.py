@@ -171,7 +171,8 @@ class SlurmJob(submitit.helpers.Checkpointable):
     def _head(self, env) -> str:
         me = self._endpoint([n for n in _job_nodes() if n != network.node_name()])
         ports = network.ray_ports(self.cfg.cluster.port_range, 0, env.num_tasks, head=True)
-        lost = self._run_head(env, me, ports)
+        with RunDir(self.run_dir).lock():  # one run per folder: a second job into it stops here
+            lost = self._run_head(env, me, ports)
         if lost is None:
             return str(self.run_dir)
         self._node_lost(env, lost)

@@ -27,7 +27,7 @@ from distgan.metrics.classifier import ClassifierFeatures, ClassifierSettings
 from distgan.metrics.distances import image_metrics
 from distgan.metrics.inception_metrics import NUM_SAMPLES as INCEPTION_SAMPLES
 from distgan.metrics.inception_metrics import InceptionMetrics
-from distgan.metrics.sources import padded_shard
+from distgan.metrics.sources import check_finite, padded_shard
 from distgan.rng import eval_latents as latents
 
 # ``metrics.features``: the network whose feature space images are scored in. ``classifier``
@@ -58,12 +58,16 @@ def eval_copy(net: nn.Module) -> nn.Module:
 @torch.no_grad()
 def generate(net: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device,
              batch: int = 500) -> torch.Tensor:
-    """G's output for the given latents, in float32 on the CPU (fixed batches: reproducible)."""
+    """G's output for the given latents, in float32 on the CPU (fixed batches: reproducible); a non-finite
+    image is one UserError line, never a number computed from it."""
     out = []
     for i in range(0, len(z), batch):
         zb = z[i:i + batch].to(device)
         x = net(zb) if labels is None else net(zb, labels[i:i + batch].to(device))
-        out.append(x.float().cpu())
+        x = x.float().cpu()
+        check_finite(x, torch.arange(i, i + len(x)), "the generator produced non-finite images (NaN or Inf)",
+                     "its weights are damaged or its training diverged: use an earlier checkpoint")
+        out.append(x)
     return torch.cat(out)
 
 

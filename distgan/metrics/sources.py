@@ -7,6 +7,10 @@ function of the indices (a generator, whose sample i depends on (seed, i) alone,
 through ``item(i)``), a ``.npy`` file of N×C×H×W floats in [-1, 1] as ``launch/sample.py`` writes (read
 through a memory map, one batch at a time), and a folder of PNG/JPEG files (decoded by PIL in DataLoader
 workers, in sorted file-name order).
+
+Non-finite values never reach the statistics (a NaN there ends in a LinAlgError deep in the Fréchet
+distance): a ``.npy`` holding NaN or Inf is one UserError naming the first bad sample, and a generator
+whose images are not finite is one UserError saying so.
 """
 
 from __future__ import annotations
@@ -62,9 +66,22 @@ def generator_fn(G: torch.nn.Module, latent_dim: int, seed: int, num_classes: in
     def fn(idx: torch.Tensor) -> torch.Tensor:
         z, labels = eval_latents(idx, latent_dim, seed, num_classes)
         z = z.to(device)
-        return G(z) if labels is None else G(z, labels.to(device))
+        x = G(z) if labels is None else G(z, labels.to(device))
+        check_finite(x, idx, "the generator produced non-finite images (NaN or Inf)",
+                     f"seed={seed}; its weights are damaged or its training diverged: score an earlier checkpoint")
+        return x
 
     return fn
+
+
+def check_finite(x: torch.Tensor, idx: torch.Tensor, what: str, hint: str) -> None:
+    """A UserError ``<what> at sample i (<hint>)`` when a float batch ``x`` of samples ``idx`` holds NaN or Inf."""
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x.flatten(1) if x.dim() > 1 else x.unsqueeze(1)).all(dim=1)
+    if bool(bad.any()):
+        first = int(idx[bad.nonzero()[0, 0].item()])
+        raise UserError(f"{what} at sample {first} ({int(bad.sum())} of this batch of {len(x)}); {hint}")
 
 
 def npy_batches(path: str | Path, batch_size: int, rank: int = 0, world: int = 1) -> tuple[int, Batches]:
@@ -81,6 +98,8 @@ def npy_batches(path: str | Path, batch_size: int, rank: int = 0, world: int = 1
 
     def read(idx: torch.Tensor) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(arr[idx.numpy()]))
+        check_finite(x, idx, f"samples={path} holds non-finite values (NaN or Inf)",
+                     "expected N x C x H x W floats in [-1, 1]; regenerate them or drop those samples")
         if x.is_floating_point() and (x.min() < -1.01 or x.max() > 1.01):
             raise UserError(f"samples={path} has values in [{x.min():.3g}, {x.max():.3g}]; expected [-1, 1]")
         return x
@@ -102,12 +121,23 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        import warnings
+
         import numpy as np
         from PIL import Image
 
-        with Image.open(self.files[i]) as im:
-            im = im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB")
-            x = torch.from_numpy(np.array(im))
+        from distgan.data.images import check_pixels, describe_error
+
+        try:
+            with warnings.catch_warnings():  # distgan's own limit (check_pixels) is the stricter one
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(self.files[i])
+            with im:
+                check_pixels(*im.size)
+                im = im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB")
+                x = torch.from_numpy(np.array(im))
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
+            raise UserError(f"samples={self.root}: cannot decode {self.files[i]}: {describe_error(e)}") from None
         return i, (x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)).contiguous()
 
 
