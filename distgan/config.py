@@ -34,6 +34,7 @@ class ClusterConfig:
     use_gpu: bool | None = None  # null = auto-detect (torch.cuda.is_available())
     cpus_per_worker: int = 1  # CPU threads per worker (torch.set_num_threads)
     max_failures: int = 0  # worker-group restarts from the last checkpoint (Ray FailureConfig)
+    term_grace_s: int = 60  # after SIGTERM: seconds for the checkpoint at the next log tick, then stop at once
     # --- slurm ---
     nodes: int = 1  # SLURM nodes, one task (Ray node) per node
     gpus_per_node: int = 0  # GPUs per node; 0 = CPU nodes
@@ -74,7 +75,14 @@ class ModelConfig:
     mapping_layers: int = 8  # FC layers of the mapping network (and of D's label mapping)
     w_dim: int = 512  # size of w (z is model.latent_dim)
     fused_modconv: bool = True  # modulated conv as one grouped conv (False: scale, shared conv, scale)
-    mbstd_group: int = 4  # D's minibatch-std group (contiguous samples); must divide every micro-batch
+    mbstd_group: int = 4  # D's minibatch-std group; must divide every micro-batch
+    mbstd_span: int | None = None  # NVIDIA's strided groups within runs of this many samples; null = contiguous
+    conv_clamp: float | None = None  # clamp conv outputs to +-this (NVIDIA's pickles: 256); null = no clamp
+    # --- r3gan (G's stages from 4x4 up; D uses them reversed) ---
+    widths: list[int] | None = None  # channels per stage; stages = log2(resolution) - 1
+    cardinalities: list[int] | None = None  # groups of each stage's 3x3 conv (divide width x expansion)
+    blocks: list[int] | None = None  # residual blocks per stage
+    expansion: int = 2  # inverted-bottleneck expansion of the residual blocks
 
 
 @dataclass
@@ -148,7 +156,18 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept (older ones deleted)
     num_sample_images: int = 64  # images in the sample grid
     skip_nonfinite: bool = False  # skip (and count) an update with a non-finite gradient instead of stopping
+    max_skipped_fraction: float = 0.2  # skip_nonfinite: stop when more of a log tick's updates than this were skipped
     keep_samples: int = 100  # newest sample PNGs kept in samples/ (TensorBoard keeps all); 0 = keep all
+    freeze_d: int = 0  # stylegan2: freeze D's first N layers from the highest resolution (StyleGAN2-ADA --freezed)
+    # --- R3GAN's cosine schedules (distgan/schedules.py), over images: base value -> *_final ---
+    schedule_kimg: float | None = None  # length of the decays in thousands of images; null = no schedule
+    schedule_warmup_kimg: float = 0.0  # linear warm-up of the learning rates from 0 before the decay
+    schedule_hold_kimg: float = 0.0  # the base values held this long (after the warm-up) before the decay
+    lr_final: float | None = None  # G's final rate (D's: lr_final x lr_d / lr_g); null = constant
+    beta2_final: float | None = None  # Adam's final beta2 (R3GAN: 0.9 -> 0.99); null = constant
+    gamma_final: float | None = None  # final R1 weight (R2 keeps its ratio to R1); null = constant
+    ema_final_kimg: float | None = None  # final G_ema half-life (R3GAN: from ema_kimg=0, no ramp-up); null = as usual
+    augment_p_final: float | None = None  # final augmentation p (fixed-p augments: r3gan, diffaugment); null = constant
 
 
 @dataclass
@@ -174,6 +193,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     resume: str = "auto"  # auto | never | PATH to a checkpoint
+    init: str | None = None  # a network pickle or distgan checkpoint to start a new run from (fine-tuning)
     run_dir: str = ""  # absolute; filled in by the launcher from hydra.run.dir
     experiment: str | None = None  # name of the experiment recipe, if any
 
@@ -199,6 +219,7 @@ def _check_train(t: TrainConfig) -> None:
             raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
     _one_of("train.eval_mode", t.eval_mode, EVAL_MODES)
     _check_train_extras(t)
+    _check_schedule(t)
     if not 0.0 <= t.lr_decay_start < 1.0:
         raise UserError(f"train.lr_decay_start must be in [0, 1) (a fraction of train.steps), got {t.lr_decay_start!r}")
 
@@ -223,9 +244,50 @@ def _check_train_extras(t: TrainConfig) -> None:
         _positive(f"train.{name}", getattr(t, name))
     if t.batch_per_gpu is not None:
         _positive("train.batch_per_gpu", t.batch_per_gpu)
-    for name in ("style_mixing", "ada_target", "pl_decay") + (("augment_p",) if t.augment_p is not None else ()):
+    fractions = ("style_mixing", "ada_target", "pl_decay", "max_skipped_fraction")
+    for name in fractions + (("augment_p",) if t.augment_p is not None else ()):
         if not 0.0 <= getattr(t, name) <= 1.0:
             raise UserError(f"train.{name} must be in [0, 1], got {getattr(t, name)!r}")
+
+
+def _check_schedule(t: TrainConfig) -> None:
+    """R3GAN's cosine schedules (distgan/schedules.py)."""
+    finals = ("lr_final", "beta2_final", "gamma_final", "ema_final_kimg", "augment_p_final")
+    if t.schedule_kimg is None:
+        for name in finals + ("schedule_warmup_kimg", "schedule_hold_kimg"):
+            if getattr(t, name):
+                raise UserError(f"train.{name} needs a schedule length: set train.schedule_kimg (thousands of "
+                                "images, e.g. 20000 as R3GAN)")
+        return
+    if not t.schedule_kimg > 0:
+        raise UserError(f"train.schedule_kimg must be positive (thousands of images) or null, got {t.schedule_kimg!r}")
+    for name in ("schedule_warmup_kimg", "schedule_hold_kimg"):
+        if getattr(t, name) < 0:
+            raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)!r}")
+    if t.schedule_warmup_kimg + t.schedule_hold_kimg >= t.schedule_kimg:
+        raise UserError("train.schedule_warmup_kimg + train.schedule_hold_kimg must be shorter than "
+                        f"train.schedule_kimg={t.schedule_kimg}")
+    if t.lr_decay != "none":
+        raise UserError("train.lr_decay and train.schedule_kimg both schedule the learning rate: set "
+                        "train.lr_decay=none (and train.lr_final) or train.schedule_kimg=null")
+    if t.lr_final is not None and not t.lr_final > 0:
+        raise UserError(f"train.lr_final must be positive, got {t.lr_final!r}")
+    if t.beta2_final is not None and not 0.0 <= t.beta2_final < 1.0:
+        raise UserError(f"train.beta2_final must be in [0, 1), got {t.beta2_final!r}")
+    if t.gamma_final is not None:
+        if t.gamma_final < 0:
+            raise UserError(f"train.gamma_final must be >= 0, got {t.gamma_final!r}")
+        if t.r1_gamma <= 0 and t.r2_gamma <= 0:
+            raise UserError("train.gamma_final schedules R1/R2: set train.r1_gamma (and train.r2_gamma) to the "
+                            "base value, or train.gamma_final=null")
+    if t.ema_final_kimg is not None and t.ema_final_kimg < 0:
+        raise UserError(f"train.ema_final_kimg must be >= 0, got {t.ema_final_kimg!r}")
+    if t.augment_p_final is not None:
+        if not 0.0 <= t.augment_p_final <= 1.0:
+            raise UserError(f"train.augment_p_final must be in [0, 1], got {t.augment_p_final!r}")
+        if t.augment in ("none", "ada"):
+            raise UserError(f"train.augment_p_final schedules a fixed p; train.augment={t.augment} has none: use "
+                            "train.augment=r3gan (or diffaugment), or train.augment_p_final=null")
 
 
 def micro_batch(t: TrainConfig, workers: int) -> tuple[int, int]:
@@ -260,6 +322,9 @@ def _check_model_settings(m: ModelConfig) -> None:
             _positive(f"model.{name}", getattr(m, name))
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
+    if m.mbstd_span is not None and (m.mbstd_span <= 0 or m.mbstd_span % m.mbstd_group):
+        raise UserError(f"model.mbstd_span={m.mbstd_span} must be a positive multiple of "
+                        f"model.mbstd_group={m.mbstd_group}, or null (contiguous groups)")
 
 
 def validate(cfg: Config, workers: int) -> Config:
@@ -272,7 +337,13 @@ def validate(cfg: Config, workers: int) -> Config:
     check_metrics(cfg.metrics)
     if cfg.resume not in ("auto", "never") and not cfg.resume:
         raise UserError("resume must be auto, never or a checkpoint path")
+    if cfg.train.freeze_d < 0:
+        raise UserError(f"train.freeze_d must be >= 0 (D layers frozen), got {cfg.train.freeze_d!r}")
+    if cfg.init is not None and cfg.resume not in ("auto", "never"):
+        raise UserError(f"init={cfg.init} and resume={cfg.resume} both name a start: init= begins a new run from a "
+                        "network, resume=PATH continues a run with its optimizers; give one")
     _positive("cluster.cpus_per_worker", cfg.cluster.cpus_per_worker)
+    _positive("cluster.term_grace_s", cfg.cluster.term_grace_s)
     if cfg.train.batch_size % workers:
         raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over {workers} workers; "
                         f"use a multiple of {workers}")
@@ -296,4 +367,5 @@ def from_dict(d: dict) -> Config:
         resume=d.get("resume", "auto"),
         run_dir=d.get("run_dir", ""),
         experiment=d.get("experiment"),
+        init=d.get("init"),
     )

@@ -18,22 +18,27 @@ from typing import Any
 
 import torch
 
-from distgan import checkpoint, dist
+from distgan import checkpoint, dist, schedules
 from distgan.config import Config, to_dict
 from distgan.data import ShardedSampler, batch_source, load
+from distgan.errors import UserError
+from distgan.files import append_line
+from distgan.latents import walk_strip
 from distgan.losses import build_loss
 from distgan.metrics import Evaluator
 from distgan.metrics.watcher import enqueue
 from distgan.models import build_models
 from distgan.models import spec as model_spec
+from distgan.models.stylegan2 import fill_noise_const
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
-from distgan.optim import accelerate, autocast, build_optimizers, build_schedulers, call
+from distgan.optim import accelerate, apply_schedule, autocast, build_optimizers, build_schedulers, call
 from distgan.rng import Stream, counter_generator
 from distgan.rundir import RunDir
 from distgan.samples import class_rows, render, save_png
 from distgan.startup import DataFacts, describe, markdown, parameters
 from distgan.state import TrainState
 from distgan.step import GANStep, StepContext, StepStats, Trainable
+from distgan.warm_start import configure, forget, freeze, label_weights, read, start_from
 
 STAT_NAMES = ["loss/D", "loss/G", "D/real", "D/fake"]  # per rank and global, every log tick
 R1_STAT = "loss/R1"  # with train.r1_gamma > 0: the mean lazy-R1 penalty of the tick
@@ -90,10 +95,36 @@ def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
     return run.metrics
 
 
+OPTIMIZER_KEYS = ("lr_g", "lr_d", "beta1", "beta2")  # train.* keys the optimizers' saved state would override
+
+
+def optimizer_changes(saved: dict | None, cfg: Config) -> list[str]:
+    """``train.lr_g: 0.0002 -> 0.0005`` for each optimizer key that differs between a checkpoint's config
+    and this run's: resuming applies the new value (never silently the saved one)."""
+    before = (saved or {}).get("train", {})
+    now = to_dict(cfg)["train"]
+    return [f"train.{k}: {before[k]:g} -> {now[k]:g}" for k in OPTIMIZER_KEYS if k in before and before[k] != now[k]]
+
+
+def resumable(G: torch.nn.Module, D: torch.nn.Module):
+    """The test a checkpoint must pass to be resumed by a run with networks ``G`` and ``D`` (real or on
+    the meta device): everything resuming reads is there, and the networks fit. The driver's pre-flight
+    and every worker apply this same test (checkpoint.load_latest), so they pick the same checkpoint."""
+    def test(raw: dict, folder: Path) -> None:
+        state = TrainState.from_dict(raw, str(folder))
+        state.require("opt_G", "opt_D", "scaler", "rng_cpu", "step", source=str(folder), purpose="resume training")
+        # a StyleGAN2 checkpoint from before its noise maps were saved: filled by the rule it was made with
+        checkpoint.check_architecture(G, fill_noise_const(G, state.G), "generator", str(folder))
+        checkpoint.check_architecture(D, state.D, "discriminator", str(folder))
+
+    return test
+
+
 class Training:
     """The state of one worker's run and the helpers of :func:`train_worker`."""
 
     def __init__(self, cfg: Config, hooks: Hooks):
+        cfg = configure(cfg)  # init=PATH: the init's model settings (distgan/warm_start.py)
         self.hooks, self.t = hooks, cfg.train
         self.rank, self.world = dist.rank(), dist.world_size()
         self.device = hooks.device or dist.default_device()
@@ -107,8 +138,10 @@ class Training:
         self.cfg = replace(cfg, dataset=replace(cfg.dataset, num_classes=self.data.num_classes))  # recorded
         G, D = build_models(cfg.model, self.data.shape, self.num_classes)
         self.G, self.D = G.to(self.device), D.to(self.device)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if self.t.ema_kimg > 0 else None
-        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.t)
+        self.frozen_d = freeze(self.D, self.t.freeze_d)  # train.freeze_d: before the optimizers and DDP
+        ema_on = self.t.ema_kimg > 0 or (self.t.ema_final_kimg or 0) > 0  # a scheduled EMA may start at 0
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if ema_on else None
+        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.t, lazy_always=model_spec(cfg.model.name).style)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.t.precision == "fp16")
         # conditional grids show one class per row
         fixed_y, self.sample_nrow = class_rows(self.num_classes, self.t.num_sample_images) \
@@ -120,32 +153,51 @@ class Training:
         self.step, self.skipped_at_start, self.metrics = 0, 0, {}
         self.skipped_images = self.skipped_images_at_start = 0  # dataset.skip_bad: all ranks, the whole run
         self.step_state: dict = {}  # ADA's p and the path-length mean of a resumed run, for the GAN step
+        self.passed_over: list[str] = []  # newer checkpoints a resume could not use, with the reasons
         self.writer = None
 
     # ------------------------------------------------------------------------------------ resume
     def _resume_state(self) -> tuple[TrainState | None, str]:
-        """The run's newest loadable checkpoint, else ``resume=PATH``, else nothing."""
+        """The run's newest checkpoint that passes :func:`resumable` (the driver named the same one), else
+        ``resume=PATH``, else nothing. A run whose checkpoints all fail stops: it never starts over."""
         if self.cfg.resume == "never":
             return None, ""
-        folder, raw, skipped = checkpoint.load_latest(self.run_dir.checkpoints, self.device)
-        for reason in skipped:
-            log.warning("skipping a checkpoint: %s", reason)
+        test = resumable(self.G, self.D)
+        root = self.run_dir.checkpoints
+        folder, raw, skipped = checkpoint.load_latest(root, self.device, check=test)
+        if folder is None and skipped:
+            raise UserError(f"no checkpoint in {root} can be resumed ({skipped[0]}); use a new hydra.run.dir, "
+                            "or resume=PATH with a good checkpoint")
+        self.passed_over = skipped
+        for reason in skipped:  # a restart after a fault may meet a checkpoint damaged since the launch
+            log.warning("skipping a checkpoint: %s (resuming from %s instead)", reason, folder)
         source = str(folder) if raw is not None else ""
         if raw is None and self.cfg.resume not in ("auto", "never"):
             raw, source = checkpoint.load(self.cfg.resume, self.device), self.cfg.resume
+            test(raw, Path(source))
         return (TrainState.from_dict(raw, source), source) if raw is not None else (None, "")
 
     def resume(self) -> None:
         state, source = self._resume_state()
         if state is None:
+            if self.cfg.init:  # a new run from a trained network: weights only (distgan/warm_start.py)
+                note = start_from(read(self.cfg.init), self.G, self.D, self.G_ema)
+                forget()
+                if self.rank == 0:
+                    log.info("%s", note)
             return
-        state.require("opt_G", "opt_D", "scaler", "rng_cpu", source=source, purpose="resume training")
-        checkpoint.check_architecture(self.G, state.G, "generator", source)
-        checkpoint.check_architecture(self.D, state.D, "discriminator", source)
         self.G.load_state_dict(state.G)
         self.D.load_state_dict(state.D)
+        fresh = [[(g["lr"], g["betas"]) for g in opt.param_groups] for opt in (self.opt_g, self.opt_d)]
         self.opt_g.load_state_dict(state.opt_G)
         self.opt_d.load_state_dict(state.opt_D)
+        changed = optimizer_changes(state.config, self.cfg)
+        if changed:  # keys typed for this launch win over the checkpoint's (the driver said so too)
+            for opt, groups in zip((self.opt_g, self.opt_d), fresh):
+                for group, (lr, betas) in zip(opt.param_groups, groups):
+                    group["lr"], group["betas"] = lr, betas
+                    if "initial_lr" in group:  # a schedule's base rate
+                        group["initial_lr"] = lr
         self.scaler.load_state_dict(state.scaler)
         if self.G_ema is not None and state.G_ema is not None:
             self.G_ema.load_state_dict(state.G_ema)
@@ -172,7 +224,9 @@ class Training:
         self.gan = GANStep(Trainable(dist.wrap(self.G, self.device), self.opt_g),
                            Trainable(dist.wrap(self.D, self.device), self.opt_d), loss, t,
                            StepContext(self.device, self.scaler, cfg.model.latent_dim, self.num_classes,
-                                       channels_last, style=model_spec(cfg.model.name).style), guard=self.guard)
+                                       channels_last, style=model_spec(cfg.model.name).style,
+                                       label_weights=label_weights(self.data) if self.num_classes else None),
+                           guard=self.guard)
         self.gan.load_state_dict(self.step_state)
         self.reg_stats = [(name, field) for name, field, on in REG_STATS if on(t)]
         self.stat_names = STAT_NAMES + [name for name, _ in self.reg_stats]
@@ -181,6 +235,7 @@ class Training:
         self.counts = [0] * len(self.stat_names)  # steps that had each statistic (host: no per-step writes)
         self.nonfinite = torch.zeros((), device=self.device)
         self.tick_time, self.tick_step = time.perf_counter(), self.step
+        self.tick_guard = self.guard.counts  # (skipped, checked) at the last tick: a tick's skipped share is bounded
         if self.rank == 0:
             from distgan.tb import TBWriter
 
@@ -188,6 +243,12 @@ class Training:
             facts = DataFacts(len(self.data), tuple(self.data.shape), self.data.num_classes)
             self.writer.text(self.step, "run", markdown(describe(cfg, facts, parameters(self.G), parameters(self.D),
                                                                    self.world, self.device.type)))
+            if self.frozen_d:
+                self.writer.text(self.step, "freeze_d", markdown("\n".join(
+                    [f"train.freeze_d={self.t.freeze_d}: D layers frozen (StyleGAN2-ADA --freezed):", *self.frozen_d])))
+            if self.passed_over:
+                self.writer.text(self.step, "resume", markdown("\n".join(
+                    [f"resumed at step {self.step}; passed over:", *self.passed_over])))
         # train.eval_mode=async: no evaluation here; evaluation ticks' checkpoints go to the async evaluator
         self.evaluator = Evaluator(cfg, self.device, seed=t.seed, best=checkpoint.best_scores(self.run_dir.checkpoints),
                                    data=self.data) if t.eval_every and t.eval_mode == "inline" else None
@@ -203,14 +264,28 @@ class Training:
     # -------------------------------------------------------------------------------------- step
     def train_step(self) -> None:
         skipped_before = self.guard.skipped
+        values = self.schedule()  # R3GAN's cosine schedules at this step's images (None: no schedule)
         stats = self.gan.train_step(self.step, self.batches)  # n_critic D steps (+ lazy R1), one G step
         self.step += 1
         for sched in self.schedulers:
             sched.step()
         if self.G_ema is not None:
-            ema_update(self.G_ema, self.G, ema_beta(self.cfg, self.t.batch_size, self.step * self.t.batch_size))
+            beta = values.ema_beta(self.t.batch_size) if values is not None else None
+            ema_update(self.G_ema, self.G, beta if beta is not None else
+                       ema_beta(self.cfg, self.t.batch_size, self.step * self.t.batch_size))
         if self.guard.skipped == skipped_before:  # a skipped update's NaN losses stay out of the means
             self._accumulate(stats)
+
+    def schedule(self) -> schedules.Values | None:
+        """Set the scheduled lr, beta2, gamma and augmentation p of this step (a function of the step alone,
+        so a resumed run continues exactly); kept for the log ticks (``sched/...``)."""
+        values = self.sched = schedules.at(self.t, self.step)
+        if values is not None:
+            apply_schedule(self.opt_g, self.opt_d, self.t, values, lazy_always=model_spec(self.cfg.model.name).style)
+            self.gan.gammas = (values.r1_gamma, values.r2_gamma)
+            if values.aug_p is not None:
+                self.gan.augment.fixed_p = values.aug_p
+        return values
 
     def _accumulate(self, s: StepStats) -> None:
         values = [s.d.loss_d, s.loss_g, s.d.d_real, s.d.d_fake]
@@ -244,6 +319,7 @@ class Training:
             raise NonFiniteError(
                 f"non-finite loss at or before step {step} on rank {int(bad.nonzero()[0])}; last good checkpoint: "
                 f"{checkpoint.newest(self.run_dir.checkpoints)}. Lower train.lr_d/lr_g or use train.precision=fp32")
+        self.guard.check_share(self.tick_guard, t.max_skipped_fraction)
         counts = torch.tensor(self.counts, dtype=self.acc.dtype).clamp(min=1).to(self.device)
         per_rank = dist.all_gather_rows(self.acc / counts).cpu()
         data_wait_ms = self._data_stats()
@@ -269,6 +345,7 @@ class Training:
         self.acc.zero_()
         self.counts = [0] * len(self.stat_names)
         self.tick_time, self.tick_step, self.metrics = time.perf_counter(), step, metrics
+        self.tick_guard = self.guard.counts
         if stop:
             if rank == 0:  # honoured: the request is used up, so a later resume of this run trains on
                 self.run_dir.stop_file.unlink(missing_ok=True)
@@ -292,7 +369,8 @@ class Training:
         extra = {"perf/img_per_sec": img_per_sec, "train/skipped_steps": self.guard.skipped,
                  "perf/data_wait_ms": metrics["data_wait_ms"],
                  **({"data/skipped_images": self.skipped_images} if self.cfg.dataset.skip_bad else {}),
-                 **{k: v for k, v in metrics.items() if k.startswith("aug/")}}  # ADA's p and r_t
+                 **{k: v for k, v in metrics.items() if k.startswith("aug/")},  # ADA's p and r_t
+                 **(schedules.at(self.t, step).scalars() if schedules.enabled(self.t) else {})}  # sched/...
         self.writer.scalars(step, self.stat_names, per_rank, extra)
         if scores:
             self.writer.metrics(step, scores)
@@ -304,8 +382,8 @@ class Training:
             saved = self.save_checkpoint()
             metrics["checkpoint"] = str(saved)
         self.writer.flush()
-        with open(self.run_dir.metrics, "a") as f:  # the launcher's progress bar follows this
-            f.write(json.dumps({k: v for k, v in metrics.items() if k != "rank"}) + "\n")
+        # the launcher's progress bar follows this; durable, and a crash's torn last line is cut off first
+        append_line(self.run_dir.metrics, json.dumps({k: v for k, v in metrics.items() if k != "rank"}))
         log.info("step %d/%d  loss/D %.4f  loss/G %.4f  %.0f img/s", step, self.t.steps,
                  metrics["mean/loss/D"], metrics["mean/loss/G"], img_per_sec)
         return saved
@@ -338,8 +416,11 @@ class Training:
         net.eval()
         with torch.no_grad(), autocast(self.t.precision, self.device):
             picture = render(call(net, self.fixed_z, self.fixed_y), self.cfg.dataset.name, nrow=self.sample_nrow)
+            walk = call(net, *walk_strip(self.fixed_z, self.fixed_y))  # a latent walk strip (issue 24)
         net.train(was_training)
         self.writer.image(self.step, picture)
+        if walk.dim() == 4:  # images (not 2D points): the same walk through the fixed latents at every tick
+            self.writer.glob.add_image("samples/walk", render(walk, self.cfg.dataset.name, nrow=len(walk)), self.step)
         path = self.run_dir.sample_png(self.step)
         save_png(picture, path)
         if self.t.keep_samples > 0:  # bounded folder on long runs; TensorBoard keeps every grid

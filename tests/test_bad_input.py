@@ -46,7 +46,37 @@ def fixtures(tmp_path_factory) -> Path:
     _checkpoint(root / "corrupt_run" / "checkpoints", width=4, corrupt=True)
     (root / "a_file").write_text("not a folder")
     _image_fixtures(root)
+    _untrusted_fixtures(root)
+    _init_pickle(root / "sg2_32.pkl")
     return root
+
+
+def _init_pickle(path: Path) -> None:
+    """An NVIDIA-format snapshot of a 1-channel 32 px StyleGAN2 (tests/nvidia_pickle.py), for init= rows."""
+    from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+    from distgan.pretrained.nvidia import to_nvidia
+    from tests import nvidia_pickle as nvp
+
+    G, D = StyleGAN2Generator(32, 1, 256, 16, 2, z_dim=16, w_dim=16), StyleGAN2Discriminator(32, 1, 256, 16)
+    nvp.write_snapshot(path, to_nvidia(G.state_dict(), "G", 32), to_nvidia(D.state_dict(), "D", 32),
+                       nvp.g_kwargs(16, 16, 32, 1, 0, 2, 256, 16, None), nvp.d_kwargs(32, 1, 0, 256, 16, None, 4))
+
+
+def _untrusted_fixtures(root: Path) -> None:
+    """Untrusted data sets (docs/data.md, "Untrusted data sets"), made by tests/test_untrusted_data.py's
+    helpers; those whose index builds are indexed here, like the folders above."""
+    from distgan.data.index import open_index
+    from distgan.testing.images import make_flat
+    from tests.test_untrusted_data import bomb_zip, good_labels, huge_png, labelled_folder, link_loops
+
+    link_loops(root / "link_loops")
+    labelled_folder(root / "label_huge", [["0000.png", 10 ** 12]] + good_labels()[1:])
+    labelled_folder(root / "label_bool", [["0000.png", True]] + good_labels()[1:])
+    labelled_folder(root / "label_ghost", good_labels() + [["ghost.png", 1]])
+    bomb_zip(root / "bomb.zip")
+    huge_png(make_flat(root / "bomb_image", 12) / "bomb.png", 20000, 20000)
+    for source in ("link_loops", "bomb.zip", "bomb_image"):
+        open_index(root / source, progress=False)
 
 
 def _image_fixtures(root: Path) -> None:
@@ -119,11 +149,31 @@ ROWS = [
                                                  "model.resolution=48"]),
     ("stylegan2-resolution-not-the-datas", ["model=stylegan2", "dataset=fashion_mnist", "dataset.resolution=32",
                                             "model.resolution=64"]),
+    ("stylegan2-conv-clamp-not-positive", ["model=stylegan2", "dataset=fashion_mnist", "dataset.resolution=32",
+                                           "model.conv_clamp=-1"]),
+    ("stylegan2-mbstd-span-not-a-multiple", ["model=stylegan2", "dataset=fashion_mnist", "dataset.resolution=32",
+                                             "model.mbstd_span=6"]),
     ("batch-per-gpu-not-dividing", ["train.batch_size=64", "cluster.num_workers=2", "train.batch_per_gpu=12"]),
     ("unknown-augment", ["train.augment=stylish"]),
     ("r2-without-fakes-penalty", ["loss=hinge", "train.r2_gamma=1"]),
+    # R3GAN's network and the schedules
+    ("r3gan-width-not-divisible-by-cardinality", ["model=r3gan", "dataset=fashion_mnist", "dataset.resolution=32",
+                                                  "model.cardinalities=[96,96,96,5]"]),
+    ("r3gan-stages-not-reaching-the-data", ["model=r3gan", "dataset=fashion_mnist", "dataset.resolution=64"]),
+    ("schedule-negative-length", ["train.schedule_kimg=-5"]),
+    ("schedule-final-without-length", ["train.lr_final=1e-5"]),
     ("slurm-without-sbatch", ["cluster=slurm", "hydra.run.dir={RUN}"]),
     ("slurm-malformed-time", ["cluster=slurm", "+cluster.additional_parameters.time=1:2:3:4:5"]),
+    # init= and train.freeze_d (issue 21); init rows run without BASE (its model=mlp would contradict the pickle)
+    ("init-missing", ["init={F}/no_such.pkl"]),
+    ("init-data-resolution", ["init={F}/sg2_32.pkl", "dataset=fashion_mnist"]),
+    ("init-data-channels", ["init={F}/sg2_32.pkl", "dataset=image_folder", "dataset.root={F}/images",
+                            "train.batch_size=8"]),
+    ("init-contradicting-model-key", ["init={F}/sg2_32.pkl", "dataset=fashion_mnist", "dataset.resolution=32",
+                                      "model.latent_dim=64"]),
+    ("init-contradicting-model", ["init={F}/sg2_32.pkl", "model=dcgan"]),
+    ("init-and-resume-path", ["init={F}/sg2_32.pkl", "resume={F}/other_arch/latest"]),
+    ("freeze-d-without-blocks", ["train.freeze_d=2"]),
 ]
 
 
@@ -131,7 +181,36 @@ ROWS = [
 MESSAGES = {"stylegan2-data-not-a-power-of-two": "supports 32, 64", "stylegan2-resolution-not-a-power-of-two":
             "not a power of two", "stylegan2-resolution-not-the-datas": "does not match the data",
             "batch-per-gpu-not-dividing": "does not divide the per-worker batch 32",
-            "unknown-augment": "unknown train.augment", "r2-without-fakes-penalty": "no fakes penalty"}
+            "stylegan2-conv-clamp-not-positive": "model.conv_clamp must be positive",
+            "stylegan2-mbstd-span-not-a-multiple": "must be a positive multiple of model.mbstd_group=4",
+            "unknown-augment": "unknown train.augment", "r2-without-fakes-penalty": "no fakes penalty",
+            "r3gan-width-not-divisible-by-cardinality": "not divisible by its cardinality 5",
+            "r3gan-stages-not-reaching-the-data": "makes 32 px images, the data is 64 px",
+            "schedule-negative-length": "train.schedule_kimg must be positive",
+            "schedule-final-without-length": "set train.schedule_kimg"}
+
+MESSAGES.update({"init-missing": "no such file", "init-data-resolution": "set dataset.resolution=32",
+                 "init-data-channels": "set dataset.channels=1",
+                 "init-contradicting-model-key": "model.latent_dim=64 contradicts",
+                 "init-contradicting-model": "model=dcgan contradicts", "init-and-resume-path": "give one",
+                 "freeze-d-without-blocks": "model=mlp has none"})
+
+
+# untrusted data sets (issue 23; fixtures: _untrusted_fixtures)
+ROWS += [
+    ("folder-of-symlink-loops", ["dataset=image_folder", "dataset.root={F}/link_loops"]),
+    ("labels-huge", ["dataset=image_folder", "dataset.root={F}/label_huge"]),
+    ("labels-boolean", ["dataset=image_folder", "dataset.root={F}/label_bool"]),
+    ("labels-for-a-missing-file", ["dataset=image_folder", "dataset.root={F}/label_ghost"]),
+    ("zip-deflate-bomb", ["dataset=zip", "dataset.root={F}/bomb.zip"]),
+    ("decompression-bomb-image", ["dataset=image_folder", "dataset.root={F}/bomb_image"]),
+]
+MESSAGES.update({"folder-of-symlink-loops": "6 entries skipped, e.g. a.png (a symbolic link loop)",
+                 "labels-huge": 'label_huge/dataset.json: the label of "0000.png" is 1000000000000; labels must be',
+                 "labels-boolean": 'the label of "0000.png" is true',
+                 "labels-for-a-missing-file": 'labels "ghost.png", which is not an image',
+                 "zip-deflate-bomb": "e.g. bomb.png (no image header in the first 16777216 bytes",
+                 "decompression-bomb-image": "e.g. bomb.png (declares 400000000 pixels, more than"})
 
 
 def _listing(folder: Path) -> set[str]:
@@ -153,7 +232,8 @@ def test_bad_input_is_one_line(overrides, fixtures, tmp_path, request):
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir={run_dir}")
     before_fixtures = _listing(fixtures)
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "run.py"), *BASE, *args], cwd=tmp_path,
+    base = [] if row.startswith("init-") else BASE
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "run.py"), *base, *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0, proc.stdout + proc.stderr

@@ -39,11 +39,34 @@ PROMISES = {
     # a small StyleGAN2 for 2 CPU cores, after StyleGAN2-ADA's cifar configuration
     "stylegan2_fmnist32": {"model.name": "stylegan2", "dataset.name": "fashion_mnist", "dataset.resolution": 32,
                            "model.mapping_layers": 2, "train.lr_g": 0.0025, "train.beta1": 0.0, "train.beta2": 0.99},
+    # R3GAN's five presets (brownvc/R3GAN train.py; docs/algorithms.md) and a small one for 2 CPU cores
+    **{f"r3gan_{name}": {"model.name": "r3gan", "loss.name": "rpgan", "model.widths": widths,
+                         "model.blocks": [2] * len(widths),
+                         "model.cardinalities": cards, "model.conditional": cond, "model.latent_dim": 64,
+                         "train.batch_size": batch, "train.r1_interval": 1, "train.r1_gamma": gamma[0],
+                         "train.r2_gamma": gamma[0], "train.gamma_final": gamma[1], "train.lr_g": 2e-4,
+                         "train.lr_final": 5e-5, "train.beta1": 0.0, "train.beta2": 0.9, "train.beta2_final": 0.99,
+                         "train.schedule_kimg": kimg, "train.ema_kimg": 0.0, "train.ema_final_kimg": ema,
+                         "train.augment": "r3gan", "train.augment_p_final": aug, "train.precision": "bf16"}
+       for name, widths, cards, cond, batch, gamma, kimg, ema, aug in [
+           ("cifar10", [768] * 4, [96] * 4, True, 512, (0.05, 0.005), 20000, 5000, 0.55),
+           ("ffhq64", [768] * 4 + [384], [96] * 4 + [48], False, 256, (2.0, 0.2), 20000, 500, 0.3),
+           ("ffhq256", [768] * 4 + [384, 192, 96], [96] * 4 + [48, 24, 12], False, 256, (150.0, 15.0), 20000, 500, 0.3),
+           ("imagenet32", [1536] * 4, [96] * 4, True, 4096, (0.5, 0.05), 200000, 50000, 0.5),
+           ("imagenet64", [1536] * 5, [96] * 5, True, 4096, (1.0, 0.1), 200000, 50000, 0.4)]},
+    "r3gan_fmnist32": {"model.name": "r3gan", "loss.name": "rpgan", "dataset.name": "fashion_mnist",
+                       "dataset.resolution": 32, "train.r1_interval": 1, "train.beta1": 0.0},
 }
 # what a recipe needs beyond TINY to train 2 steps here: the 256 px recipe on Fashion-MNIST at 32 px, narrow
 SMOKE = {"stylegan2_256": ["dataset=fashion_mnist", "dataset.resolution=32", "model.resolution=32",
                            "model.channel_base=256", "model.channel_max=16", "model.mapping_layers=2", "model.w_dim=16",
-                           "train.batch_size=16"]}
+                           "train.batch_size=16"],
+         # R3GAN's recipes on Fashion-MNIST at 32 px, narrow (4 stages of width 8, one block each), fp32
+         **{f"r3gan_{n}": ["dataset=fashion_mnist", "dataset.resolution=32", "model.widths=[8,8,8,8]",
+                           "model.cardinalities=[2,2,2,2]", "model.blocks=[1,1,1,1]", "train.precision=fp32",
+                           "train.augment_p=0.5", "dataset.xflip=false"]
+            for n in ("cifar10", "ffhq64", "ffhq256", "imagenet32", "imagenet64")},
+         "r3gan_fmnist32": ["model.widths=[8,8,8,8]", "model.cardinalities=[2,2,2,2]"]}
 TINY = ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.sample_every=2",
         "train.checkpoint_every=2", "train.num_sample_images=10", "model.width=4", "model.latent_dim=8",
         "resume=never"]

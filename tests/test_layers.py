@@ -99,3 +99,43 @@ def test_every_floor_names_a_module_that_exists():
     missing = [name for name in floors() if name not in rooms]
     if missing:
         pytest.fail(f"docs/design.md's floors name modules that do not exist: {missing}")
+
+
+def cycles() -> list[list[str]]:
+    """Import cycles among the modules (inside a package too, which the floors do not order)."""
+    known = modules()
+    graph = {m: sorted(t for t in imports(p, known) if t != m and t != "distgan") for m, p in known.items()}
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, []):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_even_inside_a_package():
+    """A package's ``__init__`` may hand on its modules' names; no module imports back the one importing it."""
+    inits = {m for m, p in modules().items() if p.name == "__init__.py"}
+    assert [c for c in cycles() if not set(c) & inits] == []

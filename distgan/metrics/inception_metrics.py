@@ -124,6 +124,13 @@ def score_streamed(fake_batches: Callable[[int, int], Batches], real: S.Referenc
 
 
 # ------------------------------------------------------------------------------------ a run's data
+def _resize_filter(cfg: DatasetConfig) -> str | None:
+    """The resize filter a zip was prepared with (prepare_dataset resize_filter=; None: not recorded)."""
+    from distgan.data.prepare import recorded_filter
+
+    return recorded_filter(Path(cfg.root).expanduser()) if cfg.name == "zip" and cfg.root else None
+
+
 def dataset_key(cfg: DatasetConfig) -> str:
     """The name of a dataset's reference statistics in the cache: the dataset and its resize, plus the
     folder for datasets whose content lives at ``dataset.root`` (torchvision's sets are the same
@@ -133,6 +140,7 @@ def dataset_key(cfg: DatasetConfig) -> str:
     ident = {"dataset": cfg.name, "resolution": cfg.resolution or cfg.image_size}
     if cfg.name not in TORCHVISION_CLASSES:
         ident["root"] = str(Path(cfg.root or "").expanduser().resolve())
+        ident.update({"resize_filter": f} if (f := _resize_filter(cfg)) not in (None, "lanczos") else {})
     return f"{cfg.name}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
