@@ -98,5 +98,5 @@ def load(path: str | Path) -> Pretrained:
             p.format = name
             return p
     held = sorted(map(str, obj))[:6] if isinstance(obj, dict) else type(obj).__name__
-    raise UserError(f"{source} is not a network pickle distgan can read (no StyleGAN2-ADA/StyleGAN3 or R3GAN "
-                    f"G or G_ema; it holds {held})")
+    raise UserError(f"{source} is not a network pickle distgan can read (no StyleGAN2-ADA/StyleGAN3 G or G_ema, "
+                    f"nor R3GAN's; it holds {held})")
