@@ -24,6 +24,16 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
+def temp_owner(path: Path) -> int | None:
+    """The pid that made ``path`` with :func:`temp_name` (``.<name>.<pid>.<token>.tmp``), None if it is not
+    such a name: for cleaning up the temporary files of killed writers."""
+    parts = path.name.split(".")
+    try:
+        return int(parts[-3]) if path.name.endswith(TEMP_SUFFIX) and len(parts) >= 4 else None
+    except ValueError:
+        return None
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Make a rename or a creation inside ``folder`` durable (a no-op where folders cannot be opened)."""
     try:

@@ -30,7 +30,7 @@ from distgan.data.image_files import FolderDataset, ImageDataset, ZipDataset
 from distgan.data.images import BadImageError, check_resolution, load_image
 from distgan.data.index import LABELS_FILE, build_index, labels_bound, read_bounded
 from distgan.errors import UserError
-from distgan.files import TEMP_SUFFIX, write_atomic
+from distgan.files import TEMP_SUFFIX, temp_owner, write_atomic
 
 _CHUNK = 32  # images per pool task
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same source gives the same zip
@@ -117,9 +117,12 @@ def _open_source(source: Path, resolution: int, channels: int | None, workers: i
 def _remove_stale_temps(dest: Path) -> None:
     """Temp files of earlier prepare runs to ``dest`` that were killed (their process is gone)."""
     for tmp in dest.parent.glob(f".{dest.name}.*{TEMP_SUFFIX}"):
-        try:  # distgan.files.temp_name: .<name>.<pid>.<token>.tmp
-            os.kill(int(tmp.name.split(".")[-3]), 0)
-        except (ValueError, IndexError, ProcessLookupError):
+        owner = temp_owner(tmp)
+        try:
+            if owner is None:
+                raise ProcessLookupError
+            os.kill(owner, 0)
+        except ProcessLookupError:
             tmp.unlink(missing_ok=True)
         except PermissionError:  # alive, someone else's
             pass
