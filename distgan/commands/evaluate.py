@@ -11,7 +11,9 @@
 mode-collapse protocol. Images: ``metrics.features=inception`` gives the standard fid50k_full, kid50k_full,
 precision and recall (names follow ``metrics.num_samples``), printed with N, the reference size, the resize
 and the extractor's hash; ``classifier`` (the default) FD/KID/precision/recall/class coverage in a classifier
-distgan trains (docs/evaluation.md says which numbers compare with papers).
+distgan trains (docs/evaluation.md says which numbers compare with papers). ``metrics.inception_score=true``
+adds the Inception Score (``is50k``, ``is50k_std``) with either features: it needs NVIDIA's
+inception-2015-12-05.pt (``metrics.inception_path=PATH``), checked before any sample is drawn.
 """
 
 from __future__ import annotations
@@ -117,24 +119,37 @@ def _checkpoint(args: EvaluateArgs, device: str) -> None:
         report.update(_provenance(evaluator.meta, evaluator.info))
     elif evaluator.info:
         report["classifier_test_accuracy"] = evaluator.info["test_accuracy"]
+    report.update({k: v for k, v in evaluator.meta.items() if k.startswith("is_")})
     _print({**report, "metrics": scores}, args.json, evaluator.info)
 
 
 def _samples(args: EvaluateArgs, device: str) -> None:
+    from distgan.metrics import inception_score as IS
     from distgan.metrics import sources
     from distgan.metrics.inception_metrics import InceptionMetrics
 
     _inception_only(args, "samples=")
+    m = args.metrics
+    is_net = IS.load_shared_probs(m.inception_path, m.download, device, m.batch_size) if m.inception_score else None
     ds = _dataset(args)
-    n, batches = sources.sample_batches(args.samples, args.metrics.batch_size)
-    if args.metrics.num_samples:
-        if args.metrics.num_samples > n:
-            raise UserError(f"metrics.num_samples={args.metrics.num_samples}, but samples={args.samples} holds {n}")
-        n, batches = args.metrics.num_samples, _first(batches, args.metrics.num_samples)
-    scorer = InceptionMetrics(ds, args.metrics)
+
+    def read():
+        n, batches = sources.sample_batches(args.samples, m.batch_size)
+        if m.num_samples:
+            if m.num_samples > n:
+                raise UserError(f"metrics.num_samples={m.num_samples}, but samples={args.samples} holds {n}")
+            n, batches = m.num_samples, _first(batches, m.num_samples)
+        return n, batches
+
+    n, batches = read()
+    scorer = InceptionMetrics(ds, m)
     scorer.prepare(device)
     scores, meta = scorer.score_images(n, batches, device=device)
     report = {"samples": str(args.samples), "dataset": ds.name, "num_samples": n, **_provenance(meta, scorer.info)}
+    if is_net is not None:  # a second pass over the same images (the logits come from another network file)
+        scores.update(IS.score_streamed(read()[1], is_net, n, device=device))
+        report.update({"is_num_samples": n, "is_splits": IS.SPLITS,
+                       "is_extractor_sha256": is_net.info["extractor_sha256"], "is_weights": is_net.info["weights"]})
     _print({**report, "metrics": scores}, args.json, scorer.info)
 
 
@@ -222,6 +237,9 @@ def _print(report: dict, as_json: bool, info: dict) -> None:
               f"{' x '.join(map(str, report['kid_pr_samples']))}")
     elif info:
         print(f"features: classifier with test accuracy {info['test_accuracy']:.4f} ({info['path']})")
+    if "is_weights" in report:
+        print(f"IS:       {report['is_num_samples']} samples in {report['is_splits']} splits, inception-2015-12-05 "
+              f"logits, sha256 {report['is_extractor_sha256']} ({report['is_weights']})")
     print(f"{'metric':<16}{'value':>12}")
     for name, value in report["metrics"].items():
         print(f"{name:<16}{value:>12.4f}" if isinstance(value, float) else f"{name:<16}{value:>12}")

