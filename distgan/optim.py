@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from distgan.config import Config, TrainConfig
+from distgan.regularizers import fused_d_reg
 
 log = logging.getLogger("distgan")
 
@@ -37,7 +38,8 @@ def corrections(t: TrainConfig, lazy_always: bool = False) -> tuple[float, float
     """(c_G, c_D) of :func:`lazy_correction`. ``lazy_always`` (model=stylegan2, as NVIDIA's training loop,
     which builds its optimizers for lazy G and D regularisation whatever the weights): corrected even with
     the regulariser off; other models only when it is on (docs/algorithms.md, departures)."""
-    c_d = lazy_correction(t.r1_interval, lazy_always or t.r1_gamma > 0 or t.r2_gamma > 0)
+    # R1 / R2 at every D step are part of D main's loss, one update per D step (distgan.step): nothing to correct
+    c_d = 1.0 if fused_d_reg(t) else lazy_correction(t.r1_interval, lazy_always or t.r1_gamma > 0 or t.r2_gamma > 0)
     c_g = lazy_correction(t.pl_interval, lazy_always or t.pl_weight > 0)
     return c_g, c_d
 

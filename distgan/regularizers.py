@@ -3,7 +3,8 @@ input-gradient norm that R1, R2 and WGAN-GP's penalty share.
 
 Each returns a loss to add (already a mean over the local batch, so DDP's gradient average over equal
 shards is the gradient of the global mean). The caller runs them in fp32 (outside bf16 autocast) and, when
-lazy, multiplies by the interval and corrects Adam's lr/betas by c = k / (k + 1) (StyleGAN2, appendix B).
+lazy, multiplies by the interval and corrects Adam's lr/betas by c = k / (k + 1) (StyleGAN2, appendix B);
+R1 / R2 at every D step (:func:`fused_d_reg`) are part of D main's loss instead, with no correction.
 """
 
 from __future__ import annotations
@@ -88,6 +89,13 @@ class PathLengthPenalty:
 
     def load_state_dict(self, state: dict) -> None:
         self.pl_mean = torch.tensor(float(state["pl_mean"]), dtype=torch.float64)
+
+
+def fused_d_reg(t) -> bool:
+    """Whether R1 / R2 (``t``: a TrainConfig) are part of D main's loss, one backward and one Adam update per
+    D step (R3GAN; StyleGAN2-ADA's "Dboth"): when they are on at every D step (``train.r1_interval=1``).
+    Larger intervals keep the lazy D reg phase, a separate update scaled by the interval."""
+    return t.r1_interval == 1 and (t.r1_gamma > 0 or t.r2_gamma > 0)
 
 
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, scaler=_NO_SCALING) -> torch.Tensor:

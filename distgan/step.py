@@ -1,5 +1,8 @@
 """One GAN step as phases: D main (n_critic times), D reg (lazy R1 / R2), G main, G reg (lazy path length).
 
+With ``train.r1_interval=1`` there is no D reg phase: R1 / R2 are part of D main's loss on the same D
+forward (R3GAN's D loss; StyleGAN2-ADA's "Dboth"), one backward and one Adam update (:meth:`GANStep.d_main`).
+
 Each phase trains one network through its DDP wrapper and calls the other network *unwrapped* with
 its parameters frozen, so a G step never all-reduces D's gradients and vice versa (docs/design.md).
 Penalties use ``autograd.grad`` on the inputs, then one ordinary backward, with ``output * 0`` added so
@@ -30,6 +33,7 @@ from distgan.models.stylegan2_draws import mixing, noise_maps
 from distgan.optim import autocast, call
 from distgan.regularizers import (
     PathLengthPenalty,
+    fused_d_reg,
     input_gradient_sq,
     path_length_noise,
     r1_penalty,
@@ -45,9 +49,11 @@ RealBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]  # count
 class PhaseStats:
     """Detached tensors; turned into numbers only at log ticks (no host sync per step)."""
 
-    loss_d: torch.Tensor
+    loss_d: torch.Tensor  # the adversarial loss (+ WGAN-GP's penalty), without R1 / R2
     d_real: torch.Tensor
     d_fake: torch.Tensor
+    r1: torch.Tensor | None = None  # γ1/2 E||∇D(x)||² when D main carried R1 (train.r1_interval=1)
+    r2: torch.Tensor | None = None  # γ2/2 E||∇D(G(z))||² when D main carried R2
 
 
 @dataclass
@@ -112,6 +118,7 @@ class GANStep:
         self.augment = Augmenter.from_config(cfg, self.device)
         self.pl = PathLengthPenalty(cfg.pl_decay, cfg.pl_weight) if cfg.pl_weight > 0 else None
         self.d_reg_on = cfg.r1_gamma > 0 or cfg.r2_gamma > 0
+        self.fused_reg = fused_d_reg(cfg)  # R1 / R2 in D main's loss (interval 1), no D reg phase
         self.gammas = (cfg.r1_gamma, cfg.r2_gamma)  # this step's R1 / R2 weights (train.gamma_final schedules them)
         self._fakes: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # D main's, for R2 in D reg
 
@@ -153,11 +160,15 @@ class GANStep:
             y_real = y_real if self.ctx.num_classes else None
             alpha = self.noise(Stream.ALPHA, counter, 1, uniform=True) if self.loss.needs_gradient_penalty else None
             d = self.d_main(real, y_real, self.noise(Stream.Z_D, counter), self.fake_labels(Stream.Y_D, counter),
-                            alpha, counter)
-            if self.d_reg_on and counter % t.r1_interval == 0:
+                            alpha, counter, penalize=self.fused_reg)
+            if self.fused_reg:
+                p1, p2 = d.r1, d.r2
+            elif self.d_reg_on and counter % t.r1_interval == 0:
                 p1, p2 = self.d_reg(real, y_real, counter)
-                r1 += [p1] if p1 is not None else []
-                r2 += [p2] if p2 is not None else []
+            else:
+                p1 = p2 = None
+            r1 += [p1] if p1 is not None else []
+            r2 += [p2] if p2 is not None else []
             self.augment.step(counter)  # ADA: p moves every ada_interval D steps (all-reduced)
         loss_g = self.g_main(self.noise(Stream.Z_G, step), self.fake_labels(Stream.Y_G, step), step, real, y_real)
         pl = self.g_reg(step) if self.pl is not None and step % t.pl_interval == 0 else None
@@ -205,37 +216,58 @@ class GANStep:
 
     # ---- phases
     def d_main(self, real: torch.Tensor, y_real: torch.Tensor | None, z: torch.Tensor,
-               y_fake: torch.Tensor | None, alpha: torch.Tensor | None = None, counter: int = 0) -> PhaseStats:
-        """``alpha``: WGAN-GP interpolation weights, one per sample (drawn per global sample index). The
-        fakes are kept for R2 (``train.r2_gamma``) in the D reg phase of the same D step."""
+               y_fake: torch.Tensor | None, alpha: torch.Tensor | None = None, counter: int = 0,
+               penalize: bool = False) -> PhaseStats:
+        """``alpha``: WGAN-GP interpolation weights, one per sample (drawn per global sample index).
+
+        ``penalize`` (``train.r1_interval=1``, :func:`distgan.regularizers.fused_d_reg`): R1 / R2 are part
+        of this loss, as in R3GAN's ``AccumulateDiscriminatorGradients``: the reals (R1) and the detached
+        fakes (R2) require grad, D runs once on each, and adversarial loss + γ1/2 E||∇D(x)||² +
+        γ2/2 E||∇D(G(z))||² has one backward (through DDP: one all-reduce) and one Adam update. That D
+        forward runs in fp32, as the lazy D reg phase does (the penalties' squared input gradients lose too
+        much in bf16 / fp16); G's fakes still follow ``train.precision``. Without ``penalize``, the fakes
+        are kept for R2 (``train.r2_gamma``) in the D reg phase of the same D step."""
         t, self._fakes = self.cfg, []
-        losses, reals, fakes = [], [], []
+        losses, totals, reals, fakes, r1s, r2s = [], [], [], [], [], []
+        pen1, pen2 = penalize and t.r1_gamma > 0, penalize and t.r2_gamma > 0
+        d_precision = "fp32" if penalize else t.precision
         self.D.requires_grad_(True)
         for sl, weight, last in self._rounds(real.shape[0], self.micro):
             first, yf, yr = self.first + sl.start, _rows(y_fake, sl), _rows(y_real, sl)
             with torch.no_grad(), autocast(t.precision, self.device):  # unwrapped G: no DDP hooks, no gradient
                 fake = self.generate(self.G, z[sl], yf, counter, first, noise_stream=Stream.NOISE_D,
                                      mix_stream=Stream.MIX_D, update_w_avg=True)
+            x_real = real[sl].detach().requires_grad_(True) if pen1 else real[sl]
+            x_fake = wide(fake.detach()).requires_grad_(True) if pen2 else wide(fake) if penalize else fake
             with self._sync(self.D_ddp, last):
-                with autocast(t.precision, self.device):
-                    real_logits = self.discriminate(real[sl], yr, True, counter, first, aug_stream=Stream.AUG_REAL)
-                    fake_logits = self.discriminate(fake, yf, True, counter, first, aug_stream=Stream.AUG_FAKE)
+                with autocast(d_precision, self.device):
+                    real_logits = self.discriminate(x_real, yr, True, counter, first, aug_stream=Stream.AUG_REAL)
+                    fake_logits = self.discriminate(x_fake, yf, True, counter, first, aug_stream=Stream.AUG_FAKE)
                     loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
                 if self.loss.needs_gradient_penalty:
                     loss = loss + self.loss.gp_weight * self._gradient_penalty(real[sl], fake, alpha[sl], yr,
                                                                                  counter, first)
-                self._backward(loss, weight)
+                total = loss  # both logits are in it: every D parameter is in the graph, every DDP bucket fires
+                if pen1:
+                    r1s.append(r1_penalty(real_logits, x_real, self.scaler) * (self.gammas[0] / 2))
+                    total = total + r1s[-1]
+                if pen2:
+                    r2s.append(r2_penalty(fake_logits, x_fake, self.scaler) * (self.gammas[1] / 2))
+                    total = total + r2s[-1]
+                self._backward(total, weight)
             self.augment.observe(real_logits)
-            if t.r2_gamma > 0:
+            if t.r2_gamma > 0 and not penalize:
                 self._fakes.append((fake, yf))
             losses.append(loss.detach())
+            totals.append(total.detach())
             reals.append(real_logits.detach().float().mean())
             fakes.append(fake_logits.detach().float().mean())
         if self.ctx.style:
             self.G.flush_w_avg()  # once per D step, all-reduced: the same w_avg on every rank
         loss = _mean(losses)
-        self._update(self.opt_d, loss)
-        return PhaseStats(loss, _mean(reals), _mean(fakes))
+        self._update(self.opt_d, _mean(totals))  # the guard judges the loss that was backpropagated
+        return PhaseStats(loss, _mean(reals), _mean(fakes),
+                          *(x.detach() if x is not None else None for x in (_mean(r1s), _mean(r2s))))
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
                           y: torch.Tensor | None, counter: int = 0, first: int = 0) -> torch.Tensor:
@@ -251,7 +283,9 @@ class GANStep:
 
     def d_reg(self, real: torch.Tensor, y_real: torch.Tensor | None, counter: int = 0):
         """Lazy R1 on reals (Mescheder et al. 2018) and R2 on D main's fakes (R3GAN): γ/2 E||∇D(x)||² each,
-        times the interval (StyleGAN2), in fp32. Returns the two penalties (None for one that is off)."""
+        times the interval (StyleGAN2), in fp32, as a second update after D main's. Returns the two
+        penalties (None for one that is off). ``train_step`` runs it for intervals > 1 only (interval 1:
+        D main carries the penalties); called directly it needs D main's fakes for R2."""
         t = self.cfg
         self.D.requires_grad_(True)
         r1s, r2s, totals = [], [], []

@@ -130,7 +130,8 @@ def test_regularisers_run_in_fp32_under_bf16():
     torch.manual_seed(0)
     G = StyleGAN2Generator(32, 1, 256, 16, 2, z_dim=8, w_dim=8)
     D = StyleGAN2Discriminator(32, 1, 256, 16, mapping_layers=2)
-    t = TrainConfig(batch_size=4, precision="bf16", r1_gamma=1.0, r1_interval=1, pl_weight=2.0, pl_interval=1)
+    # r1_interval 2: the lazy D reg phase (at interval 1 R1 is part of D main: tests/test_fused_penalty.py)
+    t = TrainConfig(batch_size=4, precision="bf16", r1_gamma=1.0, r1_interval=2, pl_weight=2.0, pl_interval=1)
     gan = GANStep(Trainable(G, RecordingSGD(G.parameters())), Trainable(D, RecordingSGD(D.parameters())),
                   build_loss(LossConfig()), t,
                   StepContext(torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False), 8, style=True))

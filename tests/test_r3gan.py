@@ -197,7 +197,13 @@ def _train_and_return_weights(run_dir: str, root: str) -> dict:
     return out
 
 
-def test_two_workers_train_r3gan_like_one(tmp_path, fashion_root):
+def test_two_workers_train_r3gan_like_one(tmp_path, fashion_root, monkeypatch):
+    from distgan.regularizers import fused_d_reg
+    from distgan.step import GANStep
+
+    # R1 + R2 every D step: part of D main's loss (one update), never the lazy D reg phase
+    assert fused_d_reg(loop_config("", "").train)
+    monkeypatch.setattr(GANStep, "d_reg", lambda *a, **k: pytest.fail("D reg ran at r1_interval=1"))
     one = _train_and_return_weights(str(tmp_path / "one"), fashion_root)
     two = gloo.run(_train_and_return_weights, 2, str(tmp_path / "two"), fashion_root, timeout=300)
     assert all(torch.equal(v, two[1][k]) for k, v in two[0].items())  # the ranks agree bit for bit
@@ -207,8 +213,8 @@ def test_two_workers_train_r3gan_like_one(tmp_path, fashion_root):
     # the schedules reached their final values and were logged
     state = checkpoint.load(tmp_path / "one" / "checkpoints")
     assert state["G_ema"] is not None
-    groups = state["opt_D"]["param_groups"][0]
-    assert groups["lr"] == pytest.approx(2e-4 * 0.5) and groups["betas"][1] == pytest.approx(0.99 ** 0.5)
+    groups = state["opt_D"]["param_groups"][0]  # one update per D step: no lazy correction
+    assert groups["lr"] == pytest.approx(2e-4) and groups["betas"][1] == pytest.approx(0.99)
 
 
 def test_stopped_and_resumed_mid_schedule_equals_a_straight_run(tmp_path, fashion_root):
@@ -249,6 +255,9 @@ def test_the_schedules_are_logged(tmp_path, fashion_root):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"sched/lr", "sched/beta2", "sched/gamma", "sched/ema_kimg", "sched/aug_p"} <= tags, tags
+    # R1 + R2 in D main's loss (r1_interval=1) are still logged under their names
+    assert {"loss/R1", "loss/R2", "loss/D"} <= tags, tags
+    assert all(e.value > 0 for name in ("loss/R1", "loss/R2") for e in events.Scalars(name))
 
 
 # --------------------------------------------------------------------------- R3GAN's pickles
