@@ -138,6 +138,38 @@ def test_fused_equals_separate_modulation(up, demodulate):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_fused_modconv_auto_is_separate_while_training_and_grouped_in_eval(monkeypatch):
+    """model.fused_modconv=auto (the default): the shared-conv path in train mode, the grouped conv in eval
+    mode, the same images either way; true/false force one path."""
+    import distgan.models.stylegan2_layers as layers
+
+    seen = []
+    original = layers.modulated_conv2d
+    monkeypatch.setattr(layers, "modulated_conv2d", lambda *a, **k: seen.append(k["fused"]) or original(*a, **k))
+    G = tiny_g()
+    assert G.synthesis.blocks[0].conv1.fused is None
+    z = torch.randn(2, 16)
+    train = G.train()(z)
+    assert seen and not any(seen)
+    seen.clear()
+    with torch.no_grad():
+        evaluated = G.eval()(z)
+    assert seen and all(seen)
+    assert torch.allclose(train.detach(), evaluated, atol=1e-4)
+    seen.clear()
+    tiny_g(fused_modconv=False).eval()(z)
+    assert seen and not any(seen)
+
+
+def test_fused_modconv_setting_is_checked():
+    from distgan.config import Config, validate
+
+    cfg = Config()
+    cfg.model.fused_modconv = "sometimes"
+    with pytest.raises(UserError, match="model.fused_modconv must be auto, true or false"):
+        validate(cfg, 1)
+
+
 def test_modulation_matches_per_sample_reference():
     """Sample n is the plain conv with weight w * s_n (input channels), demodulated per output channel."""
     torch.manual_seed(0)

@@ -179,7 +179,9 @@ def test_init_and_freeze_d_on_1_and_2_gloo_workers(pickle_path, fashion_root, tm
     assert not torch.equal(D1["blocks.1.conv0.weight"], start["blocks.1.conv0.weight"])
     for one, two in ((G1, G2a), (D1, D2a), (G2a, G2b), (D2a, D2b)):
         for k in one:
-            torch.testing.assert_close(one[k], two[k], rtol=0, atol=2e-5, msg=k)
+            # float rounding only: the shared (non-fused) modulated conv sums its weight gradient over the
+            # batch inside the conv kernel, in another order for 32 than for 2 x 16 samples (~2e-5 seen)
+            torch.testing.assert_close(one[k], two[k], rtol=0, atol=1e-4, msg=k)
 
 
 def test_tensorboard_names_the_frozen_layers(pickle_path, fashion_root, tmp_path):

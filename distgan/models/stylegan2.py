@@ -117,7 +117,7 @@ class MappingNetwork(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution: (const | 2x-up conv) -> conv -> toRGB, added to the upsampled image so far."""
 
-    def __init__(self, c_in: int, c_out: int, w_dim: int, resolution: int, img_channels: int, fused: bool,
+    def __init__(self, c_in: int, c_out: int, w_dim: int, resolution: int, img_channels: int, fused: bool | None,
                  conv_clamp: float | None = None):
         super().__init__()
         self.first = c_in == 0
@@ -143,7 +143,7 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim: int, resolution: int, img_channels: int, channels: dict[int, int], fused: bool,
+    def __init__(self, w_dim: int, resolution: int, img_channels: int, channels: dict[int, int], fused: bool | None,
                  conv_clamp: float | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -170,7 +170,7 @@ class SynthesisNetwork(nn.Module):
 class StyleGAN2Generator(nn.Module):
     def __init__(self, resolution: int, channels: int = 3, channel_base: int | None = None,
                  channel_max: int = 512, mapping_layers: int = 8, z_dim: int = 512, w_dim: int = 512,
-                 num_classes: int = 0, fused_modconv: bool = True, conv_clamp: float | None = None):
+                 num_classes: int = 0, fused_modconv: bool | None = None, conv_clamp: float | None = None):
         super().__init__()
         check_shape(resolution, channels)
         plan = channel_plan(resolution, channel_base or auto_channel_base(resolution), channel_max)
@@ -272,7 +272,8 @@ def build_stylegan2(cfg, shape: tuple[int, ...], num_classes: int = 0):
         raise UserError(f"model.resolution={resolution} does not match the data ({height} px)")
     G = StyleGAN2Generator(resolution, channels, cfg.channel_base, cfg.channel_max, cfg.mapping_layers,
                            z_dim=cfg.latent_dim, w_dim=cfg.w_dim, num_classes=num_classes,
-                           fused_modconv=cfg.fused_modconv, conv_clamp=cfg.conv_clamp)
+                           fused_modconv=None if cfg.fused_modconv == "auto" else bool(cfg.fused_modconv),
+                           conv_clamp=cfg.conv_clamp)
     D = StyleGAN2Discriminator(resolution, channels, cfg.channel_base, cfg.channel_max, num_classes=num_classes,
                                mbstd_group=cfg.mbstd_group, conv_clamp=cfg.conv_clamp, mbstd_span=cfg.mbstd_span)
     return G, D

@@ -116,6 +116,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     return x
 
 
+def fused_now(layer: nn.Module) -> bool:
+    """A layer's ``fused`` setting, where None (``model.fused_modconv=auto``) is NVIDIA's rule: the shared conv
+    while training (faster forward and backward for a training batch), the grouped conv in eval mode (sampling,
+    evaluation, projection). Both are the same function (modulated_conv2d)."""
+    return (not layer.training) if layer.fused is None else layer.fused
+
+
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (optionally 2x up) + per-pixel noise with a learned strength + bias + leaky ReLU
     (+ NVIDIA's ``conv_clamp``).
@@ -127,8 +134,8 @@ class SynthesisLayer(nn.Module):
     checkpoints before issue 21) lacks it: loading fills it by that same seeded rule, which is what those
     checkpoints used."""
 
-    def __init__(self, c_in: int, c_out: int, w_dim: int, resolution: int, up: bool = False, fused: bool = True,
-                 noise_seed: int = 0, conv_clamp: float | None = None):
+    def __init__(self, c_in: int, c_out: int, w_dim: int, resolution: int, up: bool = False,
+                 fused: bool | None = None, noise_seed: int = 0, conv_clamp: float | None = None):
         super().__init__()
         self.affine = EqualLinear(w_dim, c_in, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(c_out, c_in, 3, 3))
@@ -145,7 +152,7 @@ class SynthesisLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, fused=self.fused)
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, fused=fused_now(self))
         noise = self.noise_const if noise is None else noise
         x = x + (noise * self.noise_strength).to(x.dtype)
         return clamp(lrelu(x + self.bias.to(x.dtype)[None, :, None, None]), self.conv_clamp)
@@ -161,7 +168,8 @@ def seeded_noise(resolution: int, seed: int) -> torch.Tensor:
 class ToRGB(nn.Module):
     """Modulated 1x1 conv without demodulation (its weight gain goes into the styles) + bias, linear."""
 
-    def __init__(self, c_in: int, img_channels: int, w_dim: int, fused: bool = True, conv_clamp: float | None = None):
+    def __init__(self, c_in: int, img_channels: int, w_dim: int, fused: bool | None = None,
+                 conv_clamp: float | None = None):
         super().__init__()
         self.affine = EqualLinear(w_dim, c_in, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(img_channels, c_in, 1, 1))
@@ -170,7 +178,7 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=self.fused)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused_now(self))
         return clamp(x + self.bias.to(x.dtype)[None, :, None, None], self.conv_clamp)
 
 
