@@ -234,3 +234,71 @@ def test_sigterm_checkpoints_and_the_run_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from checkpoints/step_{step:07d} (step {step} of {step + 20})" in again.stdout
     assert _steps(run)[-1] == step + 20
+
+
+# ------------------------------------------------------------------------------------ network exposure
+def _listeners(pids: set[int]) -> set[tuple[str, str, int]]:
+    """(process name, local address, pid) of every TCP/UDP socket that ``pids`` listen on (``ss -ltunpH``)."""
+    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True).stdout
+    found = set()
+    for line in out.splitlines():
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+),', line):
+            if int(pid) in pids:
+                found.add((name, line.split()[4], int(pid)))
+    return found
+
+
+@pytest.mark.slow
+def test_a_local_run_listens_on_loopback_only(tmp_path):
+    """Every Ray port of a cluster=local run (the GCS, raylet, object manager, every worker's gRPC server, the
+    runtime-env agent) is bound to 127.0.0.1, seen with ``ss`` while 2 workers train; the only other listener
+    is torch.distributed's rendezvous store in rank 0, on all interfaces (docs/promises.md)."""
+    if subprocess.run(["ss", "-V"], capture_output=True).returncode != 0:
+        pytest.skip("needs ss (iproute2)")
+    run = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "launch" / "run.py"), "dataset=ring", "model=mlp", "model.width=4",
+            "cluster.num_workers=2", "train.steps=1000000", "train.log_every=20", "train.checkpoint_every=100000",
+            f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    seen: set[tuple[str, str, int]] = set()
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and len(_steps_if_any(run)) < 3:
+            seen |= _listeners(_descendants(proc.pid))
+            time.sleep(0.5)
+        assert len(_steps_if_any(run)) >= 3, proc.stderr.read() if proc.poll() is not None else "no ticks"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    names = {name for name, _, _ in seen}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), seen
+    exposed = {(name, addr, pid) for name, addr, pid in seen
+               if not addr.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))}
+    # the one exception (docs/promises.md): torch.distributed's rendezvous store (c10d TCPStore), one port
+    # in one training worker (rank 0), which binds every interface whatever MASTER_ADDR says
+    trainers = {pid for name, _, pid in seen if name.startswith("ray::RayTrainWo")}
+    assert len({(pid, addr) for _, addr, pid in exposed}) <= 1 and {pid for _, _, pid in exposed} <= trainers, \
+        f"listening beyond loopback: {sorted(exposed)}"
+
+
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (Ray's GCS and raylet are the driver's children, its workers the
+    raylet's), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo.extend(children.get(p, []))
+    return found
+
+
+def _steps_if_any(run: Path) -> list[int]:
+    return _steps(run) if RunDir(run).metrics.exists() else []
