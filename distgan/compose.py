@@ -8,6 +8,7 @@ are the repository's top-level ``configs/`` folder in a clone.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from distgan.config import Config
 from distgan.errors import UserError
 
-GROUPS = ("cluster", "model", "dataset", "loss", "experiment")
+GROUPS = ("cluster", "model", "dataset", "loss", "tune", "experiment")
 
 
 def _config_dir() -> Path:
@@ -44,7 +45,24 @@ def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConf
 
     register_schema()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        return hydra_compose("config", overrides=quote_search_spaces(overrides),
+                             return_hydra_config=return_hydra_config)
+
+
+_SPACE_CALL = re.compile(r"(?<![\w'\"])((?:choice|uniform|loguniform|grid)\([^()'\"]*\))")
+
+
+def quote_search_spaces(argv: list[str]) -> list[str]:
+    """``'tune.params={train.lr_d: choice(1e-4,2e-4)}'`` as typed: Hydra's grammar would call ``choice``
+    (a sweep, not allowed inside a dict) and knows no ``uniform``/``loguniform``/``grid``, so the search
+    spaces inside a ``tune.params=`` value are quoted into strings before Hydra parses it."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") == "tune.params":
+            arg = f"{key}={_SPACE_CALL.sub(lambda m: repr(m.group(1)), value)}"
+        out.append(arg)
+    return out
 
 
 def to_config(dcfg: DictConfig, run_dir: str | Path) -> Config:

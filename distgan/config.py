@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +76,9 @@ class ModelConfig:
     channel_max: int = 512  # or 32768 (StyleGAN2-ADA's paper256/auto plans; config F at 512+ px)
     mapping_layers: int = 8  # FC layers of the mapping network (and of D's label mapping)
     w_dim: int = 512  # size of w (z is model.latent_dim)
-    fused_modconv: bool = True  # modulated conv as one grouped conv (False: scale, shared conv, scale)
+    # modulated conv as one grouped conv (true) or scale, shared conv, scale (false); auto = false while
+    # training, true for sampling and evaluation (NVIDIA's choice; docs/benchmarks.md measures both)
+    fused_modconv: bool | str = "auto"
     mbstd_group: int = 4  # D's minibatch-std group; must divide every micro-batch
     mbstd_span: int | None = None  # NVIDIA's strided groups within runs of this many samples; null = contiguous
     conv_clamp: float | None = None  # clamp conv outputs to +-this (NVIDIA's pickles: 256); null = no clamp
@@ -182,6 +186,137 @@ class MetricsConfig:
     download: bool = False  # fetch NVIDIA's inception-2015-12-05.pt when no weights are found
     batch_size: int = 64  # images per Inception forward (memory is bounded by this, not by num_samples)
     kid_pr_samples: int = 10000  # inception: features kept per side for KID and precision/recall
+    inception_score: bool = False  # also is<N>: needs NVIDIA's inception-2015-12-05.pt (inception_path=FILE)
+
+
+TUNE_SEARCHES = ("none", "asha", "pbt", "grid", "random")
+TUNE_SPACES = ("choice", "uniform", "loguniform", "grid")
+# what tune.params may not name (the run's place and the sweep itself), and what PBT may not change mid-run
+# (the networks' shapes, the data, the length and batch of the run): a continued checkpoint must still fit
+TUNE_FORBIDDEN = ("cluster", "tune", "run_dir", "resume", "init", "experiment")
+TUNE_FIXED_MID_RUN = ("model.", "dataset.", "loss.name", "train.batch_size", "train.batch_per_gpu", "train.steps")
+_TUNE_SPACE = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
+
+
+@dataclass
+class TuneConfig:
+    """``tune=asha|pbt|grid|random``: a hyper-parameter search of many trials in one Ray cluster
+    (distgan/launcher/tune.py, docs/tune.md). ``tune=none`` (the default) trains one run."""
+
+    name: str = "none"  # none | asha | pbt | grid | random
+    # dotted config key -> search space: choice(a,b,..) | uniform(lo,hi) | loguniform(lo,hi) | grid(a,b,..)
+    params: Any = None  # a mapping (typed Any: Hydra cannot merge a new dict into a typed dict field)
+    num_trials: int = 8  # trials sampled (grid: repeats of the whole grid)
+    metric: str = "auto"  # auto (fd / fid / reverse_kl by the data and metrics.features) | fid | fd | a logged scalar
+    mode: str | None = None  # min | max; null: max for modes, high_quality and D/real, else min
+    max_concurrent: int | None = None  # trials running at once; null: as many as the cluster's resources hold
+    grace_kimg: float | None = None  # asha: the first rung, thousands of images; null: the first evaluation
+    reduction_factor: float = 3  # asha: a rung keeps the best 1/reduction_factor of its trials
+    perturbation_kimg: float | None = None  # pbt: thousands of images between exploits; null: every evaluation
+    perturb: list[str] | None = None  # pbt: the keys it may perturb; null: every key of tune.params
+    trial_gpus: int = 0  # GPUs per trial (one DDP worker each); 0: CPU trials
+    trial_workers: int | None = None  # DDP workers per trial; null: trial_gpus, or 1 on CPUs
+
+
+def tune_literal(text: str) -> Any:
+    """One value of a search space as YAML would read it: int, float, true/false, null, else a string."""
+    text = text.strip().strip("'\"")
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_space(key: str, text: Any) -> tuple[str, list[Any]]:
+    """``tune.params`` entry -> (kind, values): choice/grid list their values, uniform/loguniform (lo, hi)."""
+    m = _TUNE_SPACE.match(str(text))
+    hint = "choice(a,b,..), uniform(lo,hi), loguniform(lo,hi) or grid(a,b,..)"
+    if not m or m.group(1) not in TUNE_SPACES:
+        raise UserError(f"tune.params: {key}: {text!r} is not a search space; write {hint}")
+    kind, values = m.group(1), [tune_literal(a) for a in m.group(2).split(",") if a.strip()]
+    if kind in ("choice", "grid"):
+        if not values:
+            raise UserError(f"tune.params: {key}: {kind}() needs at least one value, e.g. {kind}(1e-4,2e-4)")
+        return kind, values
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise UserError(f"tune.params: {key}: {kind}() takes two numbers (lo,hi), got {text!r}")
+    lo, hi = float(values[0]), float(values[1])
+    if not lo < hi or not all(map(math.isfinite, (lo, hi))):
+        raise UserError(f"tune.params: {key}: {kind}({values[0]},{values[1]}) needs lo < hi")
+    if kind == "loguniform" and lo <= 0:
+        raise UserError(f"tune.params: {key}: loguniform({values[0]},{values[1]}) needs lo > 0")
+    return kind, [lo, hi]
+
+
+def config_key_known(key: str) -> bool:
+    """Whether ``key`` (``train.r1_gamma``) names a setting of :class:`Config`."""
+    schema: Any = Config
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+        if part not in fields:
+            return False
+        f = fields[part]
+        schema = type(f.default_factory()) if callable(f.default_factory) else None
+    return not dataclasses.is_dataclass(schema)
+
+
+def _check_tune(t: TuneConfig) -> None:
+    """The search's own rules (the metric against what the trials log: distgan/launcher/tune.py)."""
+    _one_of("tune", t.name, TUNE_SEARCHES)
+    if t.name == "none":
+        return
+    if not t.params:
+        raise UserError(f"tune={t.name} needs tune.params, e.g. 'tune.params={{train.lr_d: "
+                        "loguniform(1e-4,1e-3)}'")
+    if not isinstance(t.params, dict):
+        raise UserError(f"tune.params must map config keys to search spaces, e.g. 'tune.params={{train.lr_d: "
+                        f"loguniform(1e-4,1e-3)}}', got {t.params!r}")
+    for key, text in t.params.items():
+        if key.split(".")[0] in TUNE_FORBIDDEN:
+            raise UserError(f"tune.params: {key} cannot be searched (the run's place and the search itself); "
+                            "tune model.*, dataset.*, loss.*, train.* or metrics.* keys")
+        if not config_key_known(key):
+            raise UserError(f"tune.params: unknown key {key!r}; use a dotted config key such as train.lr_d "
+                            "(README.md, Configuration)")
+        kind, _ = parse_space(key, text)
+        if (kind == "grid") != (t.name == "grid"):
+            raise UserError(f"tune.params: {key}: {kind}() " + ("belongs to tune=grid (every value is run); use "
+                            "choice() to sample" if kind == "grid" else "samples; tune=grid runs every value of "
+                            "grid(a,b,..)"))
+    _positive("tune.num_trials", t.num_trials)
+    if t.mode is not None:
+        _one_of("tune.mode", t.mode, ("min", "max"))
+    if t.max_concurrent is not None:
+        _positive("tune.max_concurrent", t.max_concurrent)
+    for name in ("grace_kimg", "perturbation_kimg"):
+        if getattr(t, name) is not None:
+            _positive(f"tune.{name}", getattr(t, name))
+    if not t.reduction_factor > 1:
+        raise UserError(f"tune.reduction_factor must be > 1, got {t.reduction_factor!r}")
+    if t.trial_gpus < 0:
+        raise UserError(f"tune.trial_gpus must be >= 0, got {t.trial_gpus!r}")
+    if t.trial_workers is not None:
+        _positive("tune.trial_workers", t.trial_workers)
+        if t.trial_gpus and t.trial_workers != t.trial_gpus:
+            raise UserError(f"tune.trial_workers={t.trial_workers} and tune.trial_gpus={t.trial_gpus}: a GPU trial "
+                            "runs one DDP worker per GPU; set only tune.trial_gpus")
+    if t.name == "pbt":
+        for key in t.perturb if t.perturb is not None else list(t.params):
+            if key not in t.params:
+                raise UserError(f"tune.perturb: {key} is not in tune.params; PBT perturbs searched keys only")
+            if any(key == fixed or key.startswith(fixed) for fixed in TUNE_FIXED_MID_RUN):
+                raise UserError(f"tune=pbt cannot perturb {key}: a running trial cannot change it (the networks, "
+                                "the data, the batch and the length are fixed mid-run); search it with tune=asha "
+                                "or leave it out of tune.perturb")
+    elif t.perturb is not None:
+        raise UserError(f"tune.perturb is for tune=pbt (this is tune={t.name})")
 
 
 @dataclass
@@ -196,6 +331,7 @@ class Config:
     init: str | None = None  # a network pickle or distgan checkpoint to start a new run from (fine-tuning)
     run_dir: str = ""  # absolute; filled in by the launcher from hydra.run.dir
     experiment: str | None = None  # name of the experiment recipe, if any
+    tune: TuneConfig = field(default_factory=TuneConfig)  # tune=asha|pbt|grid|random: a search
 
 
 def _positive(name: str, value: float) -> None:
@@ -320,6 +456,8 @@ def _check_model_settings(m: ModelConfig) -> None:
     for name in ("channel_max", "mapping_layers", "w_dim", "mbstd_group", "channel_base"):
         if name != "channel_base" or m.channel_base is not None:  # null: the resolution's default plan
             _positive(f"model.{name}", getattr(m, name))
+    if m.fused_modconv not in (True, False, "auto"):
+        raise UserError(f"model.fused_modconv must be auto, true or false, got {m.fused_modconv!r}")
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
     if m.mbstd_span is not None and (m.mbstd_span <= 0 or m.mbstd_span % m.mbstd_group):
@@ -348,6 +486,7 @@ def validate(cfg: Config, workers: int) -> Config:
         raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over {workers} workers; "
                         f"use a multiple of {workers}")
     _check_batches(cfg, workers)
+    _check_tune(cfg.tune)
     return cfg
 
 
@@ -368,4 +507,5 @@ def from_dict(d: dict) -> Config:
         run_dir=d.get("run_dir", ""),
         experiment=d.get("experiment"),
         init=d.get("init"),
+        tune=TuneConfig(**d.get("tune", {})),
     )

@@ -13,7 +13,7 @@ import traceback
 from omegaconf import DictConfig
 
 from distgan.cli import debug, fail
-from distgan.compose import CONFIG_DIR, register_schema, to_config
+from distgan.compose import CONFIG_DIR, quote_search_spaces, register_schema, to_config
 from distgan.config import Config
 from distgan.errors import UserError, first_line
 from distgan.rundir import RunDir
@@ -43,7 +43,12 @@ def run(dcfg: DictConfig) -> None:
             raise
         fail(str(e))
     cfg = checked.cfg
-    print(startup_summary(checked), flush=True)
+    if cfg.tune.name != "none":  # a search: a trial's summary and the search's line
+        from distgan.launcher import tune
+
+        print(tune.startup(checked, startup_summary), flush=True)
+    else:
+        print(startup_summary(checked), flush=True)
     if checked.resume_note:
         print(checked.resume_note, flush=True)
         log.info(checked.resume_note)
@@ -78,11 +83,16 @@ def run(dcfg: DictConfig) -> None:
 
 
 def _launch(cfg: Config, cuda_devices: int) -> str:
-    """Train (cluster=local) or submit (cluster=slurm) the checked run; returns what to print."""
+    """Train (cluster=local) or submit (cluster=slurm) the checked run; returns what to print. A search
+    (``tune=``) runs its trials in this Ray cluster (local) or in the job's (slurm: task 0 runs it)."""
     if cfg.cluster.name == "slurm":
         from distgan.launcher import slurm
 
         return slurm.launch(cfg)
+    if cfg.tune.name != "none":
+        from distgan.launcher import tune
+
+        return tune.launch(cfg, cuda_devices)
     from distgan.launcher import local
 
     return local.launch(cfg, cuda_devices)
@@ -112,6 +122,7 @@ def cli() -> None:
 
     from distgan.launcher.command_line import check_command_line
 
-    sys.argv[1:] = check_command_line(sys.argv[1:])  # one-line errors and the pre-flight, before any folder
+    # tune.params' choice(..)/loguniform(..) as strings: Hydra's grammar would call them (distgan/compose.py)
+    sys.argv[1:] = check_command_line(quote_search_spaces(sys.argv[1:]))  # one-line errors and the pre-flight
     register_schema()
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")(run)()

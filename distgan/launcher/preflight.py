@@ -59,7 +59,14 @@ def check_config(cfg: Config, cuda_devices: int = 0) -> Config:
     augment.check(cfg, data.spec(cfg.dataset.name).kind)
     if cfg.metrics.features not in FEATURES:
         raise UserError(f"unknown metrics.features {cfg.metrics.features!r}; choose one of: {', '.join(FEATURES)}")
+    if cfg.metrics.inception_score and data.spec(cfg.dataset.name).kind != "image":  # its weights: _check_metrics
+        raise UserError(f"metrics.inception_score needs an image dataset; dataset={cfg.dataset.name} is scored by "
+                        "the mode-collapse protocol")
     models.check_micro_batch(cfg, micro_batch(cfg.train, workers)[0])
+    if cfg.tune.name != "none":  # a search: the metric, the trials' GPUs, every trial's config
+        from distgan.launcher import tune
+
+        tune.check(cfg, cuda_devices, check_config)
     return cfg
 
 
@@ -157,7 +164,7 @@ def _check_metrics(cfg: Config) -> None:
     is one line now and not a failed evaluation after hours of training. (An async run on SLURM is scored
     by ``launch/evaluate.py watch=RUN_DIR`` elsewhere, which checks them itself.)"""
     from distgan import data
-    from distgan.metrics.inception_metrics import check_weights
+    from distgan.metrics.evaluator import check_weights
 
     if not cfg.train.eval_every or data.spec(cfg.dataset.name).kind != "image":
         return

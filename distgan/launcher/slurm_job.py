@@ -201,7 +201,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
             found = checkpoint.list_checkpoints(RunDir(self.run_dir).checkpoints)
             log.info("Ray cluster of %d node(s) up at %s:%d (%s); training from %s", env.num_tasks, me.address,
                      port, me.interface, found[0].name if found else "scratch")
-            thread, box = run_in_thread(fit, self.cfg, 0)
+            thread, box = run_in_thread(self._search if self.cfg.tune.name != "none" else fit, self.cfg, 0)
             lost = self._watch(ray, thread, nodes)
             if lost is None and box["error"] is not None:
                 lost = self._first_dead(ray, nodes, me)  # a node died, and training failed because of it
@@ -214,6 +214,14 @@ class SlurmJob(submitit.helpers.Checkpointable):
                 ray.shutdown()
             finally:
                 self._stop(head)
+
+    @staticmethod
+    def _search(cfg: Config, cuda_devices: int) -> None:
+        """``tune=...``: the search's trials in this job's Ray cluster (distgan/launcher/tune.py); the results
+        table goes to task 0's log, results.csv and results.md to the run (sweep) directory."""
+        from distgan.launcher import tune
+
+        print(tune.run_sweep(cfg, cuda_devices), flush=True)
 
     def _wait_for_nodes(self, ray, count: int) -> dict[str, RayNode]:
         """All ``count`` Ray nodes alive, as ``{node id: (SLURM node, address)}``; fails early (with the
