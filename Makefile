@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := slurm-wlm munge iproute2 dataset-fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system venv slurm-up slurm-down lint bench clean
+.PHONY: run test setup system venv slurm-up slurm-down lint bench clean gpu-wheels gpu-check
 
 run: setup
 	$(PY) launch/run.py $(ARGS)
@@ -51,3 +51,12 @@ bench: setup
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# The GPU check's small wheels (for a GPU machine with PyTorch but no network): bash bench/gpu_check.sh .whl
+gpu-wheels:
+	mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl hydra-core==1.3.8 omegaconf==2.3.1
+	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+
+gpu-check:
+	bash bench/gpu_check.sh .whl gpu-check

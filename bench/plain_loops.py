@@ -65,13 +65,25 @@ SG2_OVERRIDES = ("dataset.resolution=32", f"model.channel_base={SG2['channel_bas
                  "train.beta1=0.0", "train.beta2=0.99")
 
 
-def plain_stylegan2():
+def plain_stylegan2(fused_modconv: bool | None = None):
+    """distgan's G and D of SG2; ``fused_modconv``: G's constructor argument (None = auto: not while training)."""
     from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
     c = SG2
-    G = StyleGAN2Generator(32, 1, c["channel_base"], c["channel_max"], c["mapping_layers"], c["z_dim"], c["w_dim"])
+    G = StyleGAN2Generator(32, 1, c["channel_base"], c["channel_max"], c["mapping_layers"], c["z_dim"], c["w_dim"],
+                           fused_modconv=fused_modconv)
     D = StyleGAN2Discriminator(32, 1, c["channel_base"], c["channel_max"], mapping_layers=c["mapping_layers"])
     return G, D, c["z_dim"]
+
+
+def fmnist32(root: str) -> torch.Tensor:
+    """Fashion-MNIST's training images resized to 32 px, uint8 (N, 1, 32, 32), as distgan's
+    dataset.resolution=32 (bench/stylegan2_reference.py feeds NVIDIA's loop with it)."""
+    import torchvision
+    import torchvision.transforms.functional as TF
+
+    x = torch.as_tensor(torchvision.datasets.FashionMNIST(root, train=True).data).unsqueeze(1)
+    return TF.resize(x, [32, 32], antialias=True)
 
 
 def real_batches(x: torch.Tensor, batch: int):
