@@ -251,8 +251,8 @@ def _listeners(pids: set[int]) -> set[tuple[str, str, int]]:
 @pytest.mark.slow
 def test_a_local_run_listens_on_loopback_only(tmp_path):
     """Every Ray port of a cluster=local run (the GCS, raylet, object manager, every worker's gRPC server, the
-    runtime-env agent) is bound to 127.0.0.1, seen with ``ss`` while 2 workers train; the only other listener
-    is torch.distributed's rendezvous store in rank 0, on all interfaces (docs/promises.md)."""
+    runtime-env agent) and every other port the run opens (gloo's, torch.distributed's rendezvous) is bound to
+    127.0.0.1, seen with ``ss`` while 2 workers train (docs/promises.md)."""
     if subprocess.run(["ss", "-V"], capture_output=True).returncode != 0:
         pytest.skip("needs ss (iproute2)")
     run = tmp_path / "run"
@@ -274,11 +274,23 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), seen
     exposed = {(name, addr, pid) for name, addr, pid in seen
                if not addr.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))}
-    # the one exception (docs/promises.md): torch.distributed's rendezvous store (c10d TCPStore), one port
-    # in one training worker (rank 0), which binds every interface whatever MASTER_ADDR says
-    trainers = {pid for name, _, pid in seen if name.startswith("ray::RayTrainWo")}
-    assert len({(pid, addr) for _, addr, pid in exposed}) <= 1 and {pid for _, _, pid in exposed} <= trainers, \
-        f"listening beyond loopback: {sorted(exposed)}"
+    # torch.distributed meets through a file, not rank 0's TCPStore (which would bind every interface)
+    assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
+
+
+def test_one_machine_runs_use_the_loopback_interface_and_a_file_rendezvous(monkeypatch):
+    """gloo/NCCL are told the loopback interface unless the user named one; the local TorchConfig's backend
+    is the file-store one (Ray Train's TCPStore listens on every interface), SLURM's is Ray Train's own."""
+    from distgan.launcher.local import loopback_env
+    from distgan.launcher.ray_train import torch_config
+
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
+    env = loopback_env()
+    assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert env["GLOO_SOCKET_IFNAME"] == "lo" and env["NCCL_SOCKET_IFNAME"] == "ib0"
+    assert torch_config("gloo", one_machine=True).backend_cls.__name__ == "FileStoreBackend"
+    assert torch_config("nccl", one_machine=False).backend_cls.__name__ == "_TorchBackend"
 
 
 def _descendants(pid: int) -> set[int]:

@@ -17,19 +17,33 @@ from distgan.launcher.progress import follow, summary
 from distgan.launcher.ray_train import RAY_ENV, RAY_SYSTEM_CONFIG, fit, run_in_thread, secure_ray_env
 from distgan.rundir import RunDir
 
+
 # Every Ray port on 127.0.0.1 (GCS, raylet, object manager, each worker's gRPC server, the runtime-env
 # agent). Ray 2.60's servers listen on all interfaces unless the node address is 127.0.0.1, and ray.init
 # replaces a given 127.0.0.1 (_node_ip_address) by the routable address; with this switch off (read when
 # ray is imported) Ray takes the loopback address as the node's, as it does by default on macOS and
 # Windows. A single-machine run needs no other address: its workers are all here.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+#
+# gloo and NCCL pick their interface from the host name, which on a laptop resolves to its LAN address: on
+# one machine they are told the loopback interface (unless the user chose one). torch.distributed's
+# rendezvous is a file here, not a TCPStore (ray_train.torch_config).
+def loopback_env() -> dict[str, str]:
+    """The environment of a one-machine Ray cluster, set before Ray is imported."""
+    import socket
+
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    names = {name for _, name in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
+    loopback = next((n for n in ("lo", "lo0") if n in names), None)
+    if loopback:
+        env.update({k: os.environ.get(k, loopback) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")})
+    return env
 
 
 def launch(cfg: Config, cuda_devices: int) -> str:
     """Train to the end, showing progress; returns the summary text. Raises what the workers raised."""
     run_dir = Path(cfg.run_dir)
     secure_ray_env(run_dir)  # before Ray is imported: it reads the auth mode once
-    os.environ.update({**RAY_ENV, **LOOPBACK_ENV})
+    os.environ.update({**RAY_ENV, **loopback_env()})
     import ray
 
     needed = world_size(cfg, cuda_devices) * cfg.cluster.cpus_per_worker

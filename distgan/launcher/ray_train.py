@@ -101,10 +101,77 @@ def _record_placement(run_dir: Path, rank: int) -> None:
     write_atomic(folder / f"rank{rank}.json", json.dumps(info))
 
 
+def torch_config(backend: str, one_machine: bool):
+    """Ray Train's TorchConfig; on one machine (``cluster=local``), one whose workers meet through a file.
+
+    Ray Train's own rendezvous is a c10d ``TCPStore`` hosted by rank 0, which listens on every interface
+    whatever ``MASTER_ADDR`` says. The workers of a local run all share this machine's file system, so
+    they rendezvous through a ``FileStore`` in a private (0700) temporary folder instead, and a local
+    run opens no port beyond 127.0.0.1 (docs/promises.md, "Network exposure"). The process group set-up
+    is Ray Train's own (``_setup_torch_process_group``, ``_set_torch_distributed_env_vars``: private
+    functions of ray.train.torch.config); if a Ray release renames them, the TCPStore is used and a
+    warning says so."""
+    from ray.train.torch import TorchConfig
+
+    if not one_machine:
+        return TorchConfig(backend=backend)
+    try:
+        from ray.train.torch.config import (  # noqa: F401  (checked here, used in the workers)
+            _set_torch_distributed_env_vars,
+            _setup_torch_process_group,
+            _TorchBackend,
+        )
+    except ImportError as e:
+        logging.getLogger(__name__).warning("Ray Train's process-group set-up moved (%s): the workers meet "
+                                            "through a TCPStore on every interface", e)
+        return TorchConfig(backend=backend)
+    return _file_store_config(TorchConfig)(backend=backend)
+
+
+def _file_store_config(TorchConfig):
+    """``TorchConfig`` whose backend starts the process group from a ``file://`` store (built lazily: Ray is
+    imported only when a run starts)."""
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+    class FileStoreBackend(_TorchBackend):
+        folder: Path | None = None
+
+        def on_start(self, worker_group, backend_config) -> None:
+            import tempfile
+
+            import ray
+
+            # 0700, a fresh store per start (a restarted worker group must not read the last one's keys); kept
+            # until the group shuts down: the process group reads its store after set-up (NCCL's lazy init)
+            self.folder = Path(tempfile.mkdtemp(prefix="distgan-rendezvous-"))
+            worker_group.execute(_set_torch_distributed_env_vars)
+            n = len(worker_group)
+            ray.get([worker_group.execute_single_async(
+                i, _setup_torch_process_group, backend=backend_config.backend, world_rank=i, world_size=n,
+                init_method=f"file://{self.folder / 'store'}", timeout_s=backend_config.timeout_s)
+                for i in range(n)])
+
+        def on_shutdown(self, worker_group, backend_config) -> None:
+            import shutil
+
+            try:
+                super().on_shutdown(worker_group, backend_config)
+            finally:
+                if self.folder is not None:
+                    shutil.rmtree(self.folder, ignore_errors=True)
+
+    class FileStoreTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return FileStoreBackend
+
+    return FileStoreTorchConfig
+
+
 def fit(cfg: Config, cuda_devices: int) -> None:
     """Run the TorchTrainer on the connected Ray cluster; raises on training failure."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     # Workers resume from distgan's own checkpoints/ (train_worker reads it). Ray's snapshot of an earlier
     # fit() in this run directory may list checkpoints that train.keep_checkpoints has deleted since, and
@@ -117,7 +184,7 @@ def fit(cfg: Config, cuda_devices: int) -> None:
     trainer = _lean(TorchTrainer)(
         _worker_entry,
         train_loop_config={"cfg": to_dict(cfg)},
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        torch_config=torch_config("nccl" if gpu else "gloo", one_machine=cfg.cluster.name == "local"),
         scaling_config=ScalingConfig(num_workers=world_size(cfg, cuda_devices), use_gpu=gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(

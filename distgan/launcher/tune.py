@@ -521,11 +521,11 @@ def _hparams(sweep: Path, rows: list[dict], keys: list[str], name: str) -> None:
 # ------------------------------------------------------------------------------------- cluster=local
 def launch(cfg: Config, cuda_devices: int) -> str:
     """cluster=local: Ray in this process, the search, the results."""
-    from distgan.launcher.local import LOOPBACK_ENV
+    from distgan.launcher.local import loopback_env
     from distgan.launcher.ray_train import RAY_ENV, RAY_SYSTEM_CONFIG, secure_ray_env
 
     secure_ray_env(Path(cfg.run_dir))
-    os.environ.update({**RAY_ENV, **LOOPBACK_ENV})  # one machine: every Ray port on 127.0.0.1, as local.py
+    os.environ.update({**RAY_ENV, **loopback_env()})  # one machine: every Ray port on 127.0.0.1, as local.py
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # trials write their own TensorBoard
     import ray
 
