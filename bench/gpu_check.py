@@ -7,7 +7,8 @@ Cases (each variant a fresh process, timed between log ticks after warm-up ticks
   dcgan64     DCGAN 64 px, global batch 256: fp32 vs bf16 vs bf16 + train.compile
   stylegan2   the stylegan2_256 recipe's network at 256 px, batch 16, bf16: model.fused_modconv=false (what
               the default ``auto`` trains with) vs true (the grouped conv); s/kimg and peak GPU memory
-  r3gan       the r3gan_cifar10 recipe's network at R3GAN's per-GPU batch (64), bf16, R1 + R2 every step
+  r3gan       the r3gan_cifar10 recipe at R3GAN's per-GPU batch (64), R1 + R2 every step: its bf16 stages
+              (R3GAN's) against bf16 autocast everywhere
   inception   TF-Inception pool features on CUDA (TF32 off, distgan's extractor), img/s
 Data are made on the spot (random Fashion-MNIST-format and CIFAR-10-format files): speed does not depend on
 the pixels, and the GPU machine has no data sets. Nothing here needs Ray, submitit or a network.
@@ -30,6 +31,8 @@ from throughput_gpu import STYLEGAN2_256, gpu_worker  # bench/throughput_gpu.py
 
 DCGAN_VARIANTS = {"fp32": ("train.precision=fp32",), "bf16": ("train.precision=bf16",),
                   "bf16+compile": ("train.precision=bf16", "train.compile=true")}
+R3_VARIANTS = {"bf16 stages (R3GAN's, the recipe)": (),
+               "bf16 autocast": ("model.bf16_stages=0", "train.precision=bf16")}
 SG2_VARIANTS = {"non-fused (auto)": ("model.fused_modconv=false",), "fused": ("model.fused_modconv=true",)}
 
 
@@ -127,9 +130,9 @@ def main(argv=None) -> int:
                                                 "train.lr_d=0.0025", "train.beta1=0", "train.beta2=0.99",
                                                 "train.pl_batch_shrink=2", "train.precision=bf16", *STYLEGAN2_256, *o)))
                       for name, o in SG2_VARIANTS.items()],
-        "r3gan": [("cifar10 bf16, batch 64", lambda: timed(cifar, "cifar10", 8 if q else 64, 2 if q else 10, warm,
-                                                           measure, ("experiment=r3gan_cifar10",
-                                                                     "train.precision=bf16")))],
+        "r3gan": [(f"cifar10 {name}, batch 64", lambda o=o: timed(cifar, "cifar10", 8 if q else 64, 2 if q else 10,
+                                                                  warm, measure, ("experiment=r3gan_cifar10", *o)))
+                  for name, o in R3_VARIANTS.items()],
         "inception": [("fp32, batch 250", lambda: inception_rate(64 if q else 5000, 32 if q else 250,
                                                                   "cuda" if cuda else "cpu"))],
     }

@@ -87,6 +87,7 @@ class ModelConfig:
     cardinalities: list[int] | None = None  # groups of each stage's 3x3 conv (divide width x expansion)
     blocks: list[int] | None = None  # residual blocks per stage
     expansion: int = 2  # inverted-bottleneck expansion of the residual blocks
+    bf16_stages: int = 0  # the n highest-resolution stages of G and D compute in bfloat16 (R3GAN's FP16Stages)
 
 
 @dataclass

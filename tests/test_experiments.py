@@ -47,7 +47,8 @@ PROMISES = {
                          "train.r2_gamma": gamma[0], "train.gamma_final": gamma[1], "train.lr_g": 2e-4,
                          "train.lr_final": 5e-5, "train.beta1": 0.0, "train.beta2": 0.9, "train.beta2_final": 0.99,
                          "train.schedule_kimg": kimg, "train.ema_kimg": 0.0, "train.ema_final_kimg": ema,
-                         "train.augment": "r3gan", "train.augment_p_final": aug, "train.precision": "bf16"}
+                         "train.augment": "r3gan", "train.augment_p_final": aug, "train.precision": "fp32",
+                         "model.bf16_stages": 3 if len(widths) == 4 else 4}  # R3GAN's FP16Stages
        for name, widths, cards, cond, batch, gamma, kimg, ema, aug in [
            ("cifar10", [768] * 4, [96] * 4, True, 512, (0.05, 0.005), 20000, 5000, 0.55),
            ("ffhq64", [768] * 4 + [384], [96] * 4 + [48], False, 256, (2.0, 0.2), 20000, 500, 0.3),
@@ -61,9 +62,9 @@ PROMISES = {
 SMOKE = {"stylegan2_256": ["dataset=fashion_mnist", "dataset.resolution=32", "model.resolution=32",
                            "model.channel_base=256", "model.channel_max=16", "model.mapping_layers=2", "model.w_dim=16",
                            "train.batch_size=16"],
-         # R3GAN's recipes on Fashion-MNIST at 32 px, narrow (4 stages of width 8, one block each), fp32
+         # R3GAN's recipes on Fashion-MNIST at 32 px, narrow (4 stages of width 8, one block each, 2 in bf16)
          **{f"r3gan_{n}": ["dataset=fashion_mnist", "dataset.resolution=32", "model.widths=[8,8,8,8]",
-                           "model.cardinalities=[2,2,2,2]", "model.blocks=[1,1,1,1]", "train.precision=fp32",
+                           "model.cardinalities=[2,2,2,2]", "model.blocks=[1,1,1,1]", "model.bf16_stages=2",
                            "train.augment_p=0.5", "dataset.xflip=false"]
             for n in ("cifar10", "ffhq64", "ffhq256", "imagenet32", "imagenet64")},
          "r3gan_fmnist32": ["model.widths=[8,8,8,8]", "model.cardinalities=[2,2,2,2]"]}

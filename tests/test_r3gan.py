@@ -294,7 +294,7 @@ def _as_r3gan(module, classes: dict, role: str):
     state = dict(module.__dict__)
     state["_modules"] = collections.OrderedDict((k, _as_r3gan(v, classes, role)) for k, v in module._modules.items())
     if kind is r3.Stage:
-        name, state["DataType"] = f"R3GAN.Networks.{role}Stage", torch.float32
+        name, state["DataType"] = f"R3GAN.Networks.{role}Stage", state.pop("dtype") or torch.float32
     elif kind is r3.Resampler:
         name = f"R3GAN.Resamplers.Interpolative{'Up' if state.pop('up') else 'Down'}samplerCUDA"
     elif kind in table:
@@ -370,6 +370,95 @@ def test_an_r3gan_snapshot_pickle_gives_the_same_images(tmp_path, monkeypatch):
     G3, _, _ = load_generator(str(path))
     with torch.no_grad():
         assert torch.equal(G3(z, y), G_ema(z, y))
+
+
+def test_bf16_stages_compute_in_bfloat16_as_r3gans_datatype():
+    """model.bf16_stages=n: G's last n stages and D's first n run as the same stages converted to bfloat16
+    (R3GAN's DataType: input cast, weights cast to it); the rest in float32; G's output is bfloat16."""
+    import copy
+
+    torch.manual_seed(0)
+    G, D = build_models(tiny(bf16_stages=2), (3, 32, 32), 0)
+    for net in (G, D):
+        for p in net.parameters():
+            p.data.add_(torch.randn_like(p) * 0.05)
+    assert [s.dtype for s in G.MainLayers] == [torch.float32] * 2 + [torch.bfloat16] * 2
+    assert [s.dtype for s in D.MainLayers] == [torch.bfloat16] * 2 + [torch.float32] * 2
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        x = z
+        for i, stage in enumerate(G.MainLayers):  # by hand: plain copies, the high stages converted to bf16
+            plain = copy.deepcopy(stage)
+            plain.dtype = None
+            x = plain.to(torch.bfloat16)(x.bfloat16()) if i >= 2 else plain(x.float())
+        want = copy.deepcopy(G.AggregationLayer).to(torch.bfloat16)(x)
+        got = G(z)
+        assert got.dtype == torch.bfloat16 and G.output_dtype == torch.bfloat16
+        assert torch.equal(got, want)
+        img = got.float()
+        y = copy.deepcopy(D.ExtractionLayer).to(torch.bfloat16)(img.bfloat16())
+        for i, stage in enumerate(D.MainLayers):
+            plain = copy.deepcopy(stage)
+            plain.dtype = None
+            y = plain.to(torch.bfloat16)(y.bfloat16()) if i < 2 else plain(y.float())
+        assert D(img).dtype == torch.float32 and torch.equal(D(img), y.view(-1))
+    # off (the default): no casts at all, as before
+    G0, _ = build_models(tiny(), (3, 32, 32), 0)
+    assert all(s.dtype is None for s in G0.MainLayers) and G0.output_dtype is None
+    with pytest.raises(UserError, match="model.bf16_stages must be an integer from 0 to 3"):
+        build_models(tiny(bf16_stages=4), (3, 32, 32), 0)
+
+
+def test_an_r3gan_pickle_with_bf16_stages_keeps_them_and_its_8_bit_images(tmp_path, monkeypatch):
+    """R3GAN's presets pickle stages with DataType bfloat16: read as model.bf16_stages, and launch/sample.py's
+    PNGs are made in bfloat16 (gen_images.py's x * 127.5 + 128 on its bfloat16 output)."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from distgan.cli import load_generator
+    from distgan.commands.sample import main as sample_main
+
+    torch.manual_seed(1)
+    G, D = build_models(tiny(bf16_stages=3), (3, 32, 32), 0)
+    for p in G.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    classes = _fake_r3gan_modules(monkeypatch)
+    path = tmp_path / "network-snapshot.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": _wrap(G, classes, "Generator", z_dim=8, c_dim=0, img_resolution=32),
+                                   "D": _wrap(D, classes, "Discriminator")}, protocol=4))
+    G2, cfg, _ = load_generator(str(path))
+    assert cfg.model.bf16_stages == 3 and G2.output_dtype == torch.bfloat16
+    sample_main([f"checkpoint={path}", "seeds=0-2", f"out={tmp_path / 'png'}/"])
+    from distgan.latents import seed_z
+
+    with torch.no_grad():
+        x = G(seed_z([0, 1, 2], 8))
+    want = (x.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+    fp32 = (x.float().permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+    assert not np.array_equal(want, fp32)  # the type of the conversion matters: this checks the right one
+    for i, s in enumerate([0, 1, 2]):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / f"seed{s:04d}.png")), want[i])
+    # G and D in another pattern than R3GAN's: one line
+    G1, D1 = build_models(tiny(bf16_stages=1), (3, 32, 32), 0)
+    path.write_bytes(pickle.dumps({"G_ema": _wrap(G1, classes, "Generator"), "D": _wrap(D, classes, "Discriminator")}))
+    with pytest.raises(UserError, match="D computes 3 stages in bfloat16, G 1"):
+        load_generator(str(path))
+
+
+def test_r3gan_trains_with_bf16_stages(tmp_path, fashion_root):
+    """A few steps with model.bf16_stages (R1 + R2, R3GAN's augmentation, EMA): finite losses, float32 weights."""
+    from distgan.train import train_worker
+
+    torch.set_num_threads(1)
+    cfg = loop_config(str(tmp_path), fashion_root)
+    cfg = replace(cfg, model=replace(cfg.model, bf16_stages=2), train=replace(cfg.train, steps=4))
+    train_worker(cfg)
+    state = checkpoint.load(tmp_path / "checkpoints")
+    assert state["step"] == 4
+    for net in ("G", "D", "G_ema"):
+        assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state[net].values()), net
 
 
 def test_a_pickle_of_other_code_is_refused(tmp_path):

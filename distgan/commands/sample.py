@@ -38,14 +38,16 @@ def noise_for(G, mode: str, seeds: list[int] | None, n: int):
     return [torch.cat([p[j] for p in per]) for j in range(len(G.noise_resolutions))]
 
 
-def save_seed_pngs(x, seeds: list[int], folder: Path) -> None:
-    """One ``seed%04d.png`` per image, 8-bit as NVIDIA's generate.py (x * 127.5 + 128, clamped)."""
+def save_seed_pngs(x, seeds: list[int], folder: Path, dtype=None) -> None:
+    """One ``seed%04d.png`` per image, 8-bit as NVIDIA's generate.py and R3GAN's gen_images.py (x * 127.5 + 128,
+    clamped), computed in ``dtype`` when given (the generator's output type: bfloat16 for R3GAN's bf16 stages)."""
     import PIL.Image
     import torch
 
     from distgan.files import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
+    x = x.to(dtype) if dtype is not None else x
     img = (x.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
     for s, a in zip(seeds, img):
         pic = PIL.Image.fromarray(a[:, :, 0], "L") if a.shape[2] == 1 else PIL.Image.fromarray(a, "RGB")
@@ -77,6 +79,7 @@ def main(argv: list[str]) -> None:
     if args.noise_mode not in NOISE_MODES:
         raise UserError(f"noise_mode={args.noise_mode}: use one of {', '.join(NOISE_MODES)}")
     G, cfg, state = cli.load_generator(args.checkpoint, ema=args.ema)
+    out_dtype = getattr(G, "output_dtype", None)  # R3GAN's bf16 stages: its 8-bit images are made in bfloat16
     style = hasattr(G, "noise_resolutions")
     if args.noise_mode != "const" and not style:
         raise UserError(f"noise_mode={args.noise_mode}: model={cfg.model.name} has no noise inputs; drop noise_mode=")
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> None:
     x = generate(G, z, labels, torch.device("cpu"), batch=len(z) if noise is not None else 500)
     n = len(z)
     if per_seed:
-        save_seed_pngs(x, seeds, out)
+        save_seed_pngs(x, seeds, out, out_dtype)
     elif out.suffix == ".npy":
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda f: np.save(f, x.numpy()))

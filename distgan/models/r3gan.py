@@ -17,7 +17,11 @@ parameter; 3 linear layers: exponent -1 / (2*3 - 2)), the last one gain 0, so ea
   and a linear map) to one logit, or, class-conditional, to an embedding projected on embed(one-hot y).
 
 ``model.widths``, ``model.cardinalities`` and ``model.blocks`` list G's stages from 4x4 up; D's are the same
-lists reversed (R3GAN's train.py). R3GAN's bf16 stages are replaced by ``train.precision=bf16`` (autocast).
+lists reversed (R3GAN's train.py). ``model.bf16_stages`` = n computes the n highest-resolution stages of G and
+D in bfloat16, as R3GAN's ``FP16Stages`` (its presets: 3 or 4; each such stage casts its input to bfloat16 and
+its weights to the input's type, the others cast back to float32; G's output, and so its 8-bit images, are then
+bfloat16 like R3GAN's). It is read from R3GAN's pickles, so their images are R3GAN's; the 4x4 stage (the
+bases) always stays float32. ``train.precision=bf16`` (autocast) is the other way to train in bfloat16.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ class Convolution(nn.Module):
                               gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.Layer(x)
+        conv = self.Layer  # its weight cast to the input's type: stages in bfloat16 (model.bf16_stages)
+        return F.conv2d(x, conv.weight.to(x.dtype), padding=conv.padding, groups=conv.groups)
 
 
 class BiasedActivation(nn.Module):
@@ -159,16 +164,29 @@ class DiscriminativeBasis(nn.Module):
 
 
 class Stage(nn.Module):
-    """``Layers``: G's transition then blocks; D's blocks then transition (R3GAN's Generator/DiscriminatorStage)."""
+    """``Layers``: G's transition then blocks; D's blocks then transition (R3GAN's Generator/DiscriminatorStage).
+    ``dtype``: the type the stage computes in (its input cast to it, as R3GAN's ``DataType``); None: the input's."""
 
     def __init__(self, layers: list[nn.Module]):
         super().__init__()
         self.Layers = nn.ModuleList(layers)
+        self.dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None:
+            x = x.to(self.dtype)
         for layer in self.Layers:
             x = layer(x)
         return x
+
+
+def set_bf16_stages(stages: nn.ModuleList, n: int, high_first: bool) -> None:
+    """The ``n`` highest-resolution stages compute in bfloat16, the others in float32 (n = 0: no casts)."""
+    if not n:
+        return
+    for i, stage in enumerate(stages):
+        high = i < n if high_first else i >= len(stages) - n
+        stage.dtype = torch.bfloat16 if high else torch.float32
 
 
 def _blocks(width: int, card: int, n: int, expansion: int, scaling: int) -> list[nn.Module]:
@@ -179,7 +197,7 @@ class R3Generator(nn.Module):
     """G(z) or G(z, y) -> (N, channels, R, R) with R = 4 x 2^(stages - 1)."""
 
     def __init__(self, latent_dim: int, widths, cards, blocks, expansion: int = 2, channels: int = 3,
-                 num_classes: int = 0, embed_dim: int | None = None):
+                 num_classes: int = 0, embed_dim: int | None = None, bf16_stages: int = 0):
         super().__init__()
         scaling, embed = sum(blocks), (embed_dim or latent_dim) if num_classes else 0
         stages = [Stage([GenerativeBasis(latent_dim + embed, widths[0])]
@@ -187,6 +205,7 @@ class R3Generator(nn.Module):
         stages += [Stage([UpsampleLayer(widths[i - 1], widths[i])]
                          + _blocks(widths[i], cards[i], blocks[i], expansion, scaling)) for i in range(1, len(widths))]
         self.MainLayers = nn.ModuleList(stages)
+        set_bf16_stages(self.MainLayers, bf16_stages, high_first=False)
         self.AggregationLayer = Convolution(widths[-1], channels, 1)
         self.num_classes, self.latent_dim = num_classes, latent_dim
         if num_classes:
@@ -201,12 +220,17 @@ class R3Generator(nn.Module):
             z = stage(z)
         return self.AggregationLayer(z)
 
+    @property
+    def output_dtype(self) -> torch.dtype | None:
+        """bfloat16 when the last stage computes in it (8-bit images are then made in bfloat16, as R3GAN's)."""
+        return self.MainLayers[-1].dtype
+
 
 class R3Discriminator(nn.Module):
     """D(x) or D(x, y) -> (N,) logits; ``widths`` etc. in D's order (high resolution first)."""
 
     def __init__(self, widths, cards, blocks, expansion: int = 2, channels: int = 3, num_classes: int = 0,
-                 embed_dim: int | None = None):
+                 embed_dim: int | None = None, bf16_stages: int = 0):
         super().__init__()
         scaling, n = sum(blocks), len(widths)
         embed = (embed_dim or widths[-1]) if num_classes else 0
@@ -216,12 +240,14 @@ class R3Discriminator(nn.Module):
                          + [DiscriminativeBasis(widths[-1], embed or 1)])]
         self.ExtractionLayer = Convolution(channels, widths[0], 1)
         self.MainLayers = nn.ModuleList(stages)
+        set_bf16_stages(self.MainLayers, bf16_stages, high_first=True)
         self.num_classes = num_classes
         if num_classes:
             self.EmbeddingLayer = msr_init(nn.Linear(num_classes, embed, bias=False), 1 / math.sqrt(embed))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.ExtractionLayer(x)
+        first = self.MainLayers[0].dtype
+        x = self.ExtractionLayer(x if first is None else x.to(first))
         for stage in self.MainLayers:
             x = stage(x)
         if self.num_classes:
@@ -260,6 +286,10 @@ def check_plan(m, size: int | None) -> None:
                         f"{len(m.widths)}, {len(m.cardinalities)} and {len(m.blocks)}")
     if m.expansion <= 0:
         raise UserError(f"model.expansion must be positive, got {m.expansion}")
+    n16 = getattr(m, "bf16_stages", 0)
+    if not isinstance(n16, int) or isinstance(n16, bool) or not 0 <= n16 < len(m.widths):
+        raise UserError(f"model.bf16_stages must be an integer from 0 to {len(m.widths) - 1} (the stages above "
+                        f"the 4x4 one, which stays float32), got {n16!r}")
     for w, c in zip(m.widths, m.cardinalities):
         if (w * m.expansion) % c:
             raise UserError(f"model=r3gan: width {w} x model.expansion {m.expansion} is not divisible by its "
@@ -289,6 +319,7 @@ def build_r3gan(m, shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Mod
     as wide as z, D's as its last width: R3GAN's presets)."""
     check_plan(m, shape[-1])
     widths, cards, blocks = plan(m)
-    G = R3Generator(m.latent_dim, widths, cards, blocks, m.expansion, shape[0], num_classes)
-    D = R3Discriminator(widths[::-1], cards[::-1], blocks[::-1], m.expansion, shape[0], num_classes)
+    n16 = m.bf16_stages
+    G = R3Generator(m.latent_dim, widths, cards, blocks, m.expansion, shape[0], num_classes, bf16_stages=n16)
+    D = R3Discriminator(widths[::-1], cards[::-1], blocks[::-1], m.expansion, shape[0], num_classes, bf16_stages=n16)
     return G, D

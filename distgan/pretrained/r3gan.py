@@ -54,6 +54,27 @@ def _state(rec: ModuleRecord) -> dict[str, torch.Tensor]:
     return sd
 
 
+def bf16_stages(rec: ModuleRecord, high_first: bool, where: str) -> int:
+    """How many of the highest-resolution stages compute in bfloat16 (R3GAN's ``FP16Stages``, kept by the
+    unpickler as each stage's ``DataType``); one line when they are not R3GAN's pattern."""
+    net = rec.children.get("Model", rec)
+    stages = net.children.get("MainLayers")
+    if stages is None:
+        return 0
+    kinds = [stages.children[k].attrs.get("DataType", torch.float32) for k in sorted(stages.children, key=int)]
+    flags = [k == torch.bfloat16 for k in kinds]
+    if any(k not in (torch.float32, torch.bfloat16) for k in kinds):
+        raise UserError(f"{where}: a stage computes in {next(k for k in kinds if k != torch.float32)}; distgan "
+                        "reads float32 and bfloat16 stages (R3GAN's)")
+    n = sum(flags)
+    high = flags[:n] if high_first else flags[len(flags) - n:]
+    if not all(high) or (n and (flags[-1] if high_first else flags[0])):
+        raise UserError(f"{where}: its bfloat16 stages {[i for i, f in enumerate(flags) if f]} are not the "
+                        "highest-resolution ones above 4x4 (R3GAN's FP16Stages); distgan's model.bf16_stages "
+                        "cannot express them")
+    return n
+
+
 def _stages(sd: dict, what: str) -> int:
     n = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("MainLayers.")), default=-1)
     if n == 0:
@@ -100,7 +121,8 @@ def generator_config(rec: ModuleRecord, source: str) -> tuple[ModelConfig, tuple
         raise UserError(f"{where} says z_dim={z_dim} but its first layer takes {latent} features")
     side = 4 * 2 ** (n - 1)
     cfg = ModelConfig(name="r3gan", latent_dim=latent, widths=widths, cardinalities=cards, blocks=blocks,
-                      expansion=expansion or 2, conditional=classes > 0, norm_g="none", norm_d="none")
+                      expansion=expansion or 2, conditional=classes > 0, norm_g="none", norm_d="none",
+                      bf16_stages=bf16_stages(rec, high_first=False, where=where))
     return cfg, (int(channels), side, side), classes
 
 
@@ -135,6 +157,9 @@ def convert(obj: Any, source: str):
             continue
         sd, net = _state(rec), net_D if name == "D" else net_G
         _check_filters(sd, source, name)
+        if name == "D" and bf16_stages(rec, True, f"{source}: D") != cfg.bf16_stages:
+            raise UserError(f"{source}: D computes {bf16_stages(rec, True, source)} stages in bfloat16, G "
+                            f"{cfg.bf16_stages}; distgan's model.bf16_stages is one number for both (R3GAN's presets)")
         mine = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in sd.items()}
         if mine != theirs:
