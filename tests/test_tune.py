@@ -1,7 +1,8 @@
 """tune=asha|pbt|grid|random (distgan/launcher/tune.py, docs/tune.md): the README's command line composes;
 bad input is one line before anything starts; a 4-trial ASHA search stops a trial early and writes its
-results; PBT hands a trial another's checkpoint and it continues from it with the perturbed value; the same
-command again resumes the search. The searches run model=mlp on the 2D grid, one CPU worker per trial."""
+results, and a finished trial equals its config run alone; PBT hands a trial another's checkpoint and it
+continues from it with the perturbed value; the same command again resumes the search, also after a Ctrl-C
+mid-way (every trial from its own checkpoint). The searches run model=mlp on the 2D grid, one CPU worker per trial."""
 
 from __future__ import annotations
 
@@ -159,6 +160,19 @@ def test_asha_stops_a_trial_early_and_writes_results(tmp_path):
     assert "hparam/loss/D" in acc.Tags()["scalars"]
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
+    # exactness kept: a finished trial is the run its config gives alone, bit for bit
+    import torch
+
+    done = next(r for r in table if r["status"] == "finished")
+    lr = json.loads((Path(done["run_dir"]) / "tune.json").read_text())["params"]["train.lr_d"]
+    alone = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'alone'}", f"train.lr_d={lr!r}", "cluster.num_workers=1")
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    a, b = (torch.load(d / "checkpoints" / "latest" / "state.pt", weights_only=True)
+            for d in (Path(done["run_dir"]), tmp_path / "alone"))
+    assert a["step"] == b["step"] == 60
+    for net in ("G", "D", "G_ema"):
+        assert a[net].keys() == b[net].keys() and all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+
 
 @pytest.mark.slow
 def test_pbt_exploits_then_the_same_command_resumes(tmp_path):
@@ -194,6 +208,45 @@ def test_pbt_exploits_then_the_same_command_resumes(tmp_path):
     assert f"resuming the search in {sweep / 'tune'}" in again.stdout
     assert "started" not in again.stdout
     assert {r["trial"]: r["status"] for r in csv.DictReader(open(sweep / "results.csv"))} == status
+
+
+@pytest.mark.slow
+def test_a_search_stopped_midway_resumes_every_trial_from_its_checkpoint(tmp_path):
+    """Ctrl-C (SIGINT) to the driver while both trials train, then the same command: the search is restored
+    and each trial continues from its own newest checkpoint (its first log tick is never logged twice)."""
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = [*TINY, f"hydra.run.dir={sweep}", "train.steps=20000", "train.log_every=100", "train.checkpoint_every=200",
+            "train.sample_every=20000", "tune=random", "tune.num_trials=2", "tune.metric=loss/D",
+            "tune.params={train.lr_d: loguniform(1e-4,1e-3)}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch" / "run.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = [sorted((d / "checkpoints").glob("step_*")) for d in (sweep / "trials").glob("*")
+                 if (d / "checkpoints").is_dir()]
+        if len(ckpts) == 2 and all(ckpts):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before both trials had a checkpoint: " + proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    first, _ = proc.communicate(timeout=180)
+    before = {d.name: rows(d / "metrics.jsonl") for d in (sweep / "trials").glob("*")}
+    assert len(before) == 2 and all(r and r[-1]["step"] < 20000 for r in before.values()), first[-3000:]
+
+    again = run_cli(*args, timeout=600)  # the same command
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming the search in {sweep / 'tune'}" in again.stdout
+    with open(sweep / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and all(r["status"] == "finished" for r in table), table
+    for trial, old in before.items():
+        steps = [r["step"] for r in rows(sweep / "trials" / trial / "metrics.jsonl")]
+        assert steps.count(100) == 1, (trial, steps[:5])  # never restarted from zero
+        assert steps[-1] == 20000 and len(steps) > len(old)
 
 
 @pytest.mark.slow
