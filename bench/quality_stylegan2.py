@@ -1,15 +1,17 @@
-"""StyleGAN2 on 2 CPU cores against the default DCGAN, each trained for the same wall-clock time through
-the real CLI (``launch/run.py``, the default 2 Ray workers), then scored in one feature space.
+"""StyleGAN2 and R3GAN on 2 CPU cores against the default DCGAN, each trained for the same wall-clock time
+through the real CLI (``launch/run.py``, the default 2 Ray workers), then scored in one feature space.
 
-    python bench/quality_stylegan2.py                 # 10 minutes each (~25 min with the scoring)
+    python bench/quality_stylegan2.py                 # 10 minutes each (~35 min with the scoring)
     python bench/quality_stylegan2.py --minutes 2 --num-samples 2000    # a shorter look
+    python bench/quality_stylegan2.py --models r3gan,dcgan               # any of stylegan2,r3gan,dcgan
 
 Each run gets a large ``train.steps``; ``--minutes`` after the command started, the benchmark writes the
 run directory's STOP file, so the loop checkpoints at its next log tick and exits (the same request the
-SLURM time limit uses). Both models train on Fashion-MNIST at 32 px (StyleGAN2 needs a power of two; the
-DCGAN is the default job's — width 16, BatchNorm in D, Adam 5e-4, G_ema 5 kimg — at 32 px instead of 28
-so that both are scored by the same classifier). Scores: distgan's classifier features (docs/evaluation.md:
-comparable between these two runs, not with papers) on ``--num-samples`` G_ema samples.
+SLURM time limit uses). Every model trains on Fashion-MNIST at 32 px (StyleGAN2 and R3GAN need a power of
+two; ``experiment=r3gan_fmnist32`` keeps its schedules, which are over images, not steps; the DCGAN is the
+default job's — width 16, BatchNorm in D, Adam 5e-4, G_ema 5 kimg — at 32 px instead of 28 so that all are
+scored by the same classifier). Scores: distgan's classifier features (docs/evaluation.md: comparable between
+these runs, not with papers) on ``--num-samples`` G_ema samples.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from distgan.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "stylegan2": ["experiment=stylegan2_fmnist32"],
+    "r3gan": ["experiment=r3gan_fmnist32"],
     "dcgan": ["dataset.resolution=32"],  # the default job (configs/config.yaml), at 32 px
 }
 
@@ -65,7 +68,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock training time of each model")
     p.add_argument("--num-samples", type=int, default=10000, help="G_ema samples scored per model")
     p.add_argument("--keep", help="keep the run directories under this folder (default: a temporary one)")
-    p.add_argument("--models", default="stylegan2,dcgan")
+    p.add_argument("--models", default="stylegan2,r3gan,dcgan")
     args = p.parse_args()
     torch.set_num_threads(2)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="distgan-quality-sg2-"))
