@@ -30,12 +30,13 @@ class Mixing(NamedTuple):
 def noise_maps(resolutions: list[int], seed: int, stream: int, counter: int, first: int, n: int,
                device="cpu") -> list[torch.Tensor]:
     """One (n, 1, r, r) N(0, 1) map per noise input (``G.noise_resolutions``). A sample's maps are one flat
-    draw of its own generator on ``device`` (cheap on CUDA: no host work, no copy), then split."""
+    draw of its own generator on ``device`` (cheap on CUDA: no host work, no copy), then split into
+    contiguous maps (strided views made every layer they were added to ~10 % slower: docs/benchmarks.md)."""
     sizes = [r * r for r in resolutions]
     flat = torch.empty(n, sum(sizes), device=device)
     for i in range(n):
         flat[i].normal_(generator=sample_generator(seed, stream, counter, first + i, device))
-    return [part.reshape(n, 1, r, r) for part, r in zip(flat.split(sizes, dim=1), resolutions)]
+    return [part.reshape(n, 1, r, r).contiguous() for part, r in zip(flat.split(sizes, dim=1), resolutions)]
 
 
 def mixing(num_ws: int, z_dim: int, seed: int, stream: int, counter: int, first: int, n: int,
