@@ -21,11 +21,15 @@ TINY = ["model=mlp", "dataset=grid", "model.width=4", "model.latent_dim=2", "tra
         "train.steps=60", "train.log_every=10", "train.sample_every=60", "train.eval_every=0"]
 
 
-def run_cli(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli_env() -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("DISTGAN_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / "launch" / "run.py"), *overrides], cwd=ROOT, env=env,
+    return env
+
+
+def run_cli(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "run.py"), *overrides], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -221,8 +225,7 @@ def test_a_search_stopped_midway_resumes_every_trial_from_its_checkpoint(tmp_pat
     args = [*TINY, f"hydra.run.dir={sweep}", "train.steps=20000", "train.log_every=100", "train.checkpoint_every=200",
             "train.sample_every=20000", "tune=random", "tune.num_trials=2", "tune.metric=loss/D",
             "tune.params={train.lr_d: loguniform(1e-4,1e-3)}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch" / "run.py"), *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch" / "run.py"), *args], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:

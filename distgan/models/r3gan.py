@@ -286,7 +286,7 @@ def check_plan(m, size: int | None) -> None:
                         f"{len(m.widths)}, {len(m.cardinalities)} and {len(m.blocks)}")
     if m.expansion <= 0:
         raise UserError(f"model.expansion must be positive, got {m.expansion}")
-    n16 = getattr(m, "bf16_stages", 0)
+    n16 = m.bf16_stages
     if not isinstance(n16, int) or isinstance(n16, bool) or not 0 <= n16 < len(m.widths):
         raise UserError(f"model.bf16_stages must be an integer from 0 to {len(m.widths) - 1} (the stages above "
                         f"the 4x4 one, which stays float32), got {n16!r}")

@@ -157,9 +157,10 @@ def convert(obj: Any, source: str):
             continue
         sd, net = _state(rec), net_D if name == "D" else net_G
         _check_filters(sd, source, name)
-        if name == "D" and bf16_stages(rec, True, f"{source}: D") != cfg.bf16_stages:
-            raise UserError(f"{source}: D computes {bf16_stages(rec, True, source)} stages in bfloat16, G "
-                            f"{cfg.bf16_stages}; distgan's model.bf16_stages is one number for both (R3GAN's presets)")
+        d16 = bf16_stages(rec, True, f"{source}: D") if name == "D" else cfg.bf16_stages
+        if d16 != cfg.bf16_stages:
+            raise UserError(f"{source}: D computes {d16} stages in bfloat16, G {cfg.bf16_stages}; distgan's "
+                            "model.bf16_stages is one number for both (R3GAN's presets)")
         mine = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in sd.items()}
         if mine != theirs:
