@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import torch
-import torchvision.utils as vutils
 
 from distgan.data.mixture import MIXTURES, mixture_modes
 from distgan.files import write_atomic
@@ -17,6 +16,8 @@ def render(x: torch.Tensor, dataset: str, nrow: int | None = None) -> torch.Tens
     x = x.detach().float().cpu()
     if x.dim() == 4:
         nrow = nrow or max(1, int(math.sqrt(x.shape[0])))
+        import torchvision.utils as vutils  # here: torchvision's import pulls in torch._dynamo (~1.5 s)
+
         return vutils.make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
     return render_points(x, dataset)
 
@@ -47,7 +48,13 @@ def save_png(picture: torch.Tensor, path: str | Path) -> None:
     """``picture`` as a PNG file, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: vutils.save_image(picture, f, format="png"))
+    from PIL import Image  # what torchvision's save_image does, without importing torchvision (~1.5 s)
+
+    pixels = picture.detach().cpu().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    pixels = pixels.unsqueeze(0) if pixels.dim() == 2 else pixels
+    pixels = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels  # RGB, as save_image writes it
+    image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+    write_atomic(path, lambda f: image.save(f, format="png"))
 
 
 def class_rows(num_classes: int, num_images: int) -> tuple[torch.Tensor, int]:

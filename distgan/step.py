@@ -121,6 +121,14 @@ class GANStep:
         self.fused_reg = fused_d_reg(cfg)  # R1 / R2 in D main's loss (interval 1), no D reg phase
         self.gammas = (cfg.r1_gamma, cfg.r2_gamma)  # this step's R1 / R2 weights (train.gamma_final schedules them)
         self._fakes: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # D main's, for R2 in D reg
+        # D's trainable parameters, listed once: D is frozen and thawed up to four times a step, and walking
+        # the module tree each time costs ~3 % of a small model's step (docs/benchmarks.md)
+        self._d_params = [p for p in self.D.parameters() if p.requires_grad]
+
+    def _train_d(self, on: bool) -> None:
+        """D's parameters require grad (its own phases) or not (G's: no D gradients computed or all-reduced)."""
+        for p in self._d_params:
+            p.requires_grad_(on)
 
     # ---- world-size-invariant draws: this rank's slice of the global batch
     def noise(self, stream: Stream, counter: int, dim: int | None = None, uniform: bool = False) -> torch.Tensor:
@@ -231,7 +239,7 @@ class GANStep:
         losses, totals, reals, fakes, r1s, r2s = [], [], [], [], [], []
         pen1, pen2 = penalize and t.r1_gamma > 0, penalize and t.r2_gamma > 0
         d_precision = "fp32" if penalize else t.precision
-        self.D.requires_grad_(True)
+        self._train_d(True)
         for sl, weight, last in self._rounds(real.shape[0], self.micro):
             first, yf, yr = self.first + sl.start, _rows(y_fake, sl), _rows(y_real, sl)
             with torch.no_grad(), autocast(t.precision, self.device):  # unwrapped G: no DDP hooks, no gradient
@@ -287,7 +295,7 @@ class GANStep:
         penalties (None for one that is off). ``train_step`` runs it for intervals > 1 only (interval 1:
         D main carries the penalties); called directly it needs D main's fakes for R2."""
         t = self.cfg
-        self.D.requires_grad_(True)
+        self._train_d(True)
         r1s, r2s, totals = [], [], []
         for i, (sl, weight, last) in enumerate(self._rounds(real.shape[0], self.micro)):
             first, loss, anchor = self.first + sl.start, 0.0, 0.0
@@ -321,7 +329,7 @@ class GANStep:
         """G through DDP, D frozen. A loss that pairs fakes with reals (``g_needs_real``) also scores
         ``real`` (the last D step's batch) with D, without gradient."""
         t, losses = self.cfg, []
-        self.D.requires_grad_(False)  # frozen: no D gradients computed, none all-reduced
+        self._train_d(False)  # frozen: no D gradients computed, none all-reduced
         for sl, weight, last in self._rounds(z.shape[0], self.micro):
             first, yf = self.first + sl.start, _rows(y_fake, sl)
             with self._sync(self.G_ddp, last):
@@ -339,7 +347,7 @@ class GANStep:
             losses.append(loss.detach())
         loss = _mean(losses)
         self._update(self.opt_g, loss)
-        self.D.requires_grad_(True)
+        self._train_d(True)
         return loss
 
     def g_reg(self, step: int) -> torch.Tensor:

@@ -22,7 +22,10 @@ TOKEN_FILE = RunDir.TOKEN
 # Ray for one run (one machine, or one SLURM allocation): what a training CLI does not use is off, because
 # on a small machine every extra Python process costs ~1.5 CPU-s before the first step (docs/benchmarks.md).
 RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor watching for node drains (SLURM drains none)
-           "RAY_TRAIN_METRICS_ENABLED": "0"}  # Ray Train's Prometheus metrics (collection is off)
+           "RAY_TRAIN_METRICS_ENABLED": "0",  # Ray Train's Prometheus metrics (collection is off)
+           # the controller's poll of the workers (Ray's default 2 s): a finished run was noticed up to two
+           # polls late, ~3 s of every run's end on 2 cores; each poll is one small RPC per worker
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
 # Ray pre-starts one idle worker per CPU; Ray Train's actors start their own processes and leave them idle.
 RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
@@ -66,7 +69,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
         def report(self, metrics, checkpoint_dir):
             # Only checkpoint ticks go to Ray: each ray.train.report is a barrier that waits on the
-            # controller's ~2 s poll, and the curves already go to TensorBoard and metrics.jsonl.
+            # controller's poll (RAY_ENV), and the curves already go to TensorBoard and metrics.jsonl.
             if not metrics.get("checkpointed"):
                 return
             # The checkpoint already lies in the run's storage (run_dir/checkpoints): no copy.
