@@ -31,7 +31,15 @@ from distgan.models import build_models
 from distgan.models import spec as model_spec
 from distgan.models.stylegan2 import fill_noise_const
 from distgan.nonfinite import NonFiniteError, NonFiniteGuard
-from distgan.optim import accelerate, apply_schedule, autocast, build_optimizers, build_schedulers, call
+from distgan.optim import (
+    accelerate,
+    apply_schedule,
+    autocast,
+    build_optimizers,
+    build_schedulers,
+    call,
+    keep_freed_memory,
+)
 from distgan.rng import Stream, counter_generator
 from distgan.rundir import RunDir
 from distgan.samples import class_rows, render, save_png
@@ -144,6 +152,7 @@ class Training:
         self.device = hooks.device or dist.default_device()
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.cluster.cpus_per_worker)
+        keep_freed_memory()  # host memory reused from step to step (glibc; docs/benchmarks.md)
         self.run_dir = RunDir(cfg.run_dir)
         # same seed on every rank, so the networks start identical (DDP also broadcasts)
         self.data = load(cfg.dataset, seed=self.t.seed)
