@@ -140,7 +140,7 @@ def throughput(args, work: Path) -> list[dict]:
     tree = work / "jpeg256"
     make_jpegs(tree, args.images, args.size)
     zip_path = zip_files(tree, work / "jpeg256.zip")
-    from distgan.data.index import open_index
+    from distgan.data.index_cache import open_index
 
     open_index(tree, progress=False), open_index(zip_path, progress=False)  # built once, as the driver does
     rows = []
@@ -174,7 +174,7 @@ def memory_child(zip_path: str, batch: int, batches: int, t_command: float) -> d
 
 
 def memory(args, work: Path) -> list[dict]:
-    from distgan.data.index import open_index
+    from distgan.data.index_cache import open_index
 
     encodings = make_jpegs(None, 0, args.size, distinct=64)
     zips = {}

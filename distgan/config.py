@@ -269,7 +269,7 @@ def config_key_known(key: str) -> bool:
 
 
 def _check_tune(t: TuneConfig) -> None:
-    """The search's own rules (the metric against what the trials log: distgan/launcher/tune.py)."""
+    """The search's own rules (the metric against what the trials log: distgan/launcher/tune_plan.py)."""
     _one_of("tune", t.name, TUNE_SEARCHES)
     if t.name == "none":
         return

@@ -65,7 +65,7 @@ def _init_pickle(path: Path) -> None:
 def _untrusted_fixtures(root: Path) -> None:
     """Untrusted data sets (docs/data.md, "Untrusted data sets"), made by tests/test_untrusted_data.py's
     helpers; those whose index builds are indexed here, like the folders above."""
-    from distgan.data.index import open_index
+    from distgan.data.index_cache import open_index
     from distgan.testing.images import make_flat
     from tests.test_untrusted_data import bomb_zip, good_labels, huge_png, labelled_folder, link_loops
 
@@ -82,7 +82,7 @@ def _untrusted_fixtures(root: Path) -> None:
 def _image_fixtures(root: Path) -> None:
     """Folders and zips of images, each indexed once here (as an earlier start would have): the index
     cached beside the data is the data's, and the rows check that nothing else is written."""
-    from distgan.data.index import open_index
+    from distgan.data.index_cache import open_index
     from distgan.testing.images import make_flat, make_tree, zip_tree
 
     make_tree(root / "images", 12, sizes=(32, 32), extras=False)  # 3 classes, 32 px

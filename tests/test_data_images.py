@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from distgan.data import ShardedSampler
+from distgan.data import ShardedSampler, index_cache
 from distgan.data import index as index_mod
 from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import RESAMPLER, BadImageError, check_resolution, load_image
-from distgan.data.index import index_paths, open_index
+from distgan.data.index_cache import index_paths, open_index
 from distgan.data.loader import BatchLoader
 from distgan.errors import UserError
 from distgan.testing.images import TREE_IMAGES, make_tree, png_bytes, truncated_png, zip_tree
@@ -76,7 +76,7 @@ def test_index_cache_reused_then_rebuilt_when_a_file_is_added(tree, tmp_path, mo
     assert first.sizes()[(32, 32)] >= 1 and sorted(first.modes) == ["L", "RGB", "RGBA"]
     calls = []
     real_build = index_mod.build_index
-    monkeypatch.setattr(index_mod, "build_index", lambda *a, **k: calls.append(a) or real_build(*a, **k))
+    monkeypatch.setattr(index_cache, "build_index", lambda *a, **k: calls.append(a) or real_build(*a, **k))
     again = open_index(data, progress=False)
     assert calls == [] and np.array_equal(again.names_blob, first.names_blob)
     assert [again.name(i) for i in range(3)] == [first.name(i) for i in range(3)]
@@ -90,17 +90,17 @@ def test_index_falls_back_to_the_cache_folder_when_beside_is_not_writable(tree, 
     data = shutil.copytree(tree, tmp_path / "ro")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     beside, fallback = index_paths(data)
-    real_save = index_mod.save_index
+    real_save = index_cache.save_index
 
     def save(index, path):
         if path == beside:
             raise PermissionError(13, "Permission denied", str(path))
         real_save(index, path)
 
-    monkeypatch.setattr(index_mod, "save_index", save)
+    monkeypatch.setattr(index_cache, "save_index", save)
     open_index(data, progress=False)
     assert not beside.exists() and fallback.is_file() and str(fallback).startswith(str(tmp_path / "cache"))
-    monkeypatch.setattr(index_mod, "build_index", lambda *a, **k: pytest.fail("rebuilt despite the cache"))
+    monkeypatch.setattr(index_cache, "build_index", lambda *a, **k: pytest.fail("rebuilt despite the cache"))
     assert len(open_index(data, progress=False)) == N_IMAGES + 2
 
 

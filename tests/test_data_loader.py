@@ -20,7 +20,7 @@ from distgan.data import ShardedSampler
 from distgan.data import stage as stage_mod
 from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import BadImageError
-from distgan.data.index import index_paths
+from distgan.data.index_cache import index_paths
 from distgan.data.loader import BatchLoader, BatchOrderError
 from distgan.testing import gloo
 from distgan.testing.images import TREE_IMAGES, make_tree, truncated_png

@@ -19,7 +19,7 @@ import pytest
 from distgan.compose import CONFIG_DIR
 from distgan.data import DATASETS, ShardedSampler
 from distgan.data.image_files import FolderDataset
-from distgan.data.index import index_paths
+from distgan.data.index_cache import index_paths
 from distgan.testing.images import make_tree, truncate, write_cifar10, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""tune=asha|pbt|grid|random (distgan/launcher/tune.py, docs/tune.md): the README's command line composes;
+"""tune=asha|pbt|grid|random (distgan/launcher/tune.py, tune_plan.py, docs/tune.md): the README's command line composes;
 bad input is one line before anything starts; a 4-trial ASHA search stops a trial early and writes its
 results, and a finished trial equals its config run alone; PBT hands a trial another's checkpoint and it
 continues from it with the perturbed value; the same command again resumes the search, also after a Ctrl-C
@@ -46,7 +46,7 @@ def test_readme_command_composes(tmp_path):
 
     from distgan.compose import load_config, quote_search_spaces
     from distgan.config import validate
-    from distgan.launcher.tune import search_space
+    from distgan.launcher.tune_plan import search_space
 
     argv = quote_search_spaces(["tune=asha", README_PARAMS, "tune.num_trials=16"])
     cfg = validate(load_config(argv, tmp_path / "sweep"), 2)
@@ -63,7 +63,7 @@ def test_each_search_builds_its_scheduler(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     from distgan.compose import load_config, quote_search_spaces
-    from distgan.launcher.tune import max_kimg, scheduler, search_space, trial_config
+    from distgan.launcher.tune_plan import max_kimg, scheduler, search_space, trial_config
 
     def cfg(*argv):
         return load_config(quote_search_spaces([*TINY, "train.eval_every=20", *argv]), tmp_path / "s")

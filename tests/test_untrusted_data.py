@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from distgan.data import index as index_mod
+from distgan.data import index_cache
 from distgan.data.image_files import FolderDataset, ZipDataset
 from distgan.data.images import BadImageError, load_image
 from distgan.errors import UserError
@@ -164,7 +165,7 @@ def test_a_bad_label_is_one_line_naming_the_file_and_the_entry(case, tmp_path):
     assert f"{root}/dataset.json" in message and says in message, message
     assert len(message.splitlines()) == 1 and len(message) < 400
     assert time.perf_counter() - t0 < 5  # nothing is built over the label's range
-    assert not index_mod.index_paths(root)[0].exists()  # no index cached for a refused folder
+    assert not index_cache.index_paths(root)[0].exists()  # no index cached for a refused folder
 
 
 def test_good_labels_still_read_and_an_unreadable_file_may_keep_its_label(tmp_path):
@@ -258,7 +259,7 @@ def _plant(index: index_mod.Index, names: list[str], path: Path, **changes) -> N
     encoded = [n.encode() for n in names]
     planted = index_mod.Index(**{**index.__dict__, "names_blob": np.frombuffer(b"".join(encoded), np.uint8).copy(),
                                  "name_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64), **changes})
-    index_mod.save_index(planted, path)
+    index_cache.save_index(planted, path)
 
 
 @pytest.mark.parametrize("case", list(PLANTED))
@@ -266,21 +267,21 @@ def test_a_planted_index_naming_paths_out_of_the_folder_is_ignored_and_rebuilt(c
     secret = tmp_path / "secret.png"
     random_image(np.random.default_rng(9), 32, 32).save(secret)
     root = make_flat(tmp_path / "photos", 3)
-    good = index_mod.open_index(root, progress=False)
-    cache = index_mod.index_paths(root)[0]
+    good = index_cache.open_index(root, progress=False)
+    cache = index_cache.index_paths(root)[0]
     _plant(good, PLANTED[case]([good.name(j) for j in range(len(good))]), cache)
     with caplog.at_level(logging.WARNING, logger="distgan"):
         ds = FolderDataset(root, progress=False)
     assert [ds.index.name(j) for j in range(len(ds))] == ["0000.png", "0001.png", "0002.png"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(f"ignoring the cached index {cache}:"), warnings
-    assert index_mod.load_index(cache).name(0) == "0000.png"  # rebuilt over the planted one
+    assert index_cache.load_index(cache).name(0) == "0000.png"  # rebuilt over the planted one
 
 
 def test_a_planted_index_of_another_folder_or_inconsistent_arrays_is_ignored(tmp_path, caplog):
     root = make_flat(tmp_path / "photos", 3)
-    good = index_mod.open_index(root, progress=False)
-    cache = index_mod.index_paths(root)[0]
+    good = index_cache.open_index(root, progress=False)
+    cache = index_cache.index_paths(root)[0]
     names = [good.name(j) for j in range(3)]
     for changes, says in (({"source": "/home/someone/photos"}, "it was built for /home/someone/photos"),
                           ({"width": np.asarray([32, 32], np.int32)}, "arrays do not fit together"),
@@ -288,15 +289,15 @@ def test_a_planted_index_of_another_folder_or_inconsistent_arrays_is_ignored(tmp
         _plant(good, names, cache, **changes)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="distgan"):
-            assert len(index_mod.open_index(root, progress=False)) == 3
+            assert len(index_cache.open_index(root, progress=False)) == 3
         assert says in caplog.text, caplog.text
 
 
 def test_a_planted_index_declaring_a_huge_array_allocates_nothing(tmp_path, caplog):
     """An .npy header inside the cache declaring 10^12 names: refused from the header, before any read."""
     root = make_flat(tmp_path / "photos", 2)
-    index_mod.open_index(root, progress=False)
-    cache = index_mod.index_paths(root)[0]
+    index_cache.open_index(root, progress=False)
+    cache = index_cache.index_paths(root)[0]
     import zipfile
 
     with zipfile.ZipFile(cache) as zf:
@@ -308,7 +309,7 @@ def test_a_planted_index_declaring_a_huge_array_allocates_nothing(tmp_path, capl
         for name, data in members.items():
             zf.writestr(name, data)
     with caplog.at_level(logging.WARNING, logger="distgan"):
-        assert len(index_mod.open_index(root, progress=False)) == 2
+        assert len(index_cache.open_index(root, progress=False)) == 2
     assert "declares a shape its bytes do not hold" in caplog.text
 
 

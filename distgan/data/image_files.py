@@ -49,7 +49,8 @@ from distgan.data.images import (
     is_power_of_two_resolution,
     load_image,
 )
-from distgan.data.index import Index, inflate_member, open_index
+from distgan.data.index import Index, inflate_member
+from distgan.data.index_cache import open_index
 from distgan.errors import UserError
 
 log = logging.getLogger("distgan")

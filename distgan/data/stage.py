@@ -21,7 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from distgan.data.index import cached_index, index_paths
+from distgan.data.index_cache import cached_index, index_paths
 from distgan.errors import UserError
 from distgan.files import TEMP_SUFFIX, fsync_dir, temp_name, write_atomic
 

@@ -64,9 +64,9 @@ def check_config(cfg: Config, cuda_devices: int = 0) -> Config:
                         "the mode-collapse protocol")
     models.check_micro_batch(cfg, micro_batch(cfg.train, workers)[0])
     if cfg.tune.name != "none":  # a search: the metric, the trials' GPUs, every trial's config
-        from distgan.launcher import tune
+        from distgan.launcher import tune_plan
 
-        tune.check(cfg, cuda_devices, check_config)
+        tune_plan.check(cfg, cuda_devices, check_config)
     return cfg
 
 
