@@ -1,5 +1,6 @@
 """What the GAN step is built with: optimizers (with the lazy-regularisation correction), the learning-rate
-schedule, autocast, and the CUDA speed-ups (channels_last, torch.compile). distgan.step re-exports them.
+schedule, autocast, the CUDA speed-ups (channels_last, torch.compile) and the host allocator's setting.
+distgan.step re-exports them.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep what a training step frees for the next step, as jemalloc / tcmalloc do:
     blocks up to 32 MiB come from the heap rather than fresh mmaps, and up to 1 GiB of free heap is kept
     rather than handed back to the kernel. With glibc's defaults every CPU step maps, zeroes and unmaps its
-    activations again: ~20,000 page faults a StyleGAN2 step at 32 px, batch 64, and 3-5 s of the ~30
+    activations again: 20,000-40,000 page faults a StyleGAN2 step at 32 px, batch 64, and 2-5 s of the ~30
     CPU-s that 64 steps take in the kernel, 0.7 s with this (docs/benchmarks.md). The peak memory is the
     same; it is only not returned between steps. Skipped where the user set either MALLOC_*_ variable
     (glibc reads them at start) or where the C library is not glibc. Returns whether it was applied."""

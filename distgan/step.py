@@ -121,9 +121,9 @@ class GANStep:
         self.fused_reg = fused_d_reg(cfg)  # R1 / R2 in D main's loss (interval 1), no D reg phase
         self.gammas = (cfg.r1_gamma, cfg.r2_gamma)  # this step's R1 / R2 weights (train.gamma_final schedules them)
         self._fakes: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # D main's, for R2 in D reg
-        # D's trainable parameters, listed once: D is frozen and thawed up to four times a step, and walking
-        # the module tree each time costs ~3 % of a small model's step (docs/benchmarks.md)
-        self._d_params = [p for p in self.D.parameters() if p.requires_grad]
+        # D's parameters, listed once (what D.requires_grad_ walks): D is frozen and thawed up to four times a
+        # step, and walking the module tree each time costs ~3 % of a small model's step (docs/benchmarks.md)
+        self._d_params = list(self.D.parameters())
 
     def _train_d(self, on: bool) -> None:
         """D's parameters require grad (its own phases) or not (G's: no D gradients computed or all-reduced)."""

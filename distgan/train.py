@@ -21,6 +21,7 @@ import torch
 from distgan import checkpoint, dist, schedules
 from distgan.config import Config, to_dict
 from distgan.data import ShardedSampler, batch_source, load
+from distgan.ema import EmaPairs, ema_beta
 from distgan.errors import UserError
 from distgan.files import append_line
 from distgan.latents import walk_strip
@@ -66,36 +67,6 @@ class Hooks:
 
     def end(self, G: torch.nn.Module, D: torch.nn.Module) -> None:
         """Called on every rank when training ends, with the unwrapped networks (tests inspect them)."""
-
-
-def ema_beta(cfg: Config, batch: int, images_seen: int) -> float:
-    """Per-step decay for a G_ema half-life of ``ema_kimg`` thousand images, ramped up over the first
-    images (StyleGAN2-ADA: the half-life is at most 5 % of the images seen so far). In images, not
-    steps, so the average does not change with the world size or the batch."""
-    half_life = min(cfg.train.ema_kimg * 1000, max(images_seen, batch) * 0.05)
-    return 0.5 ** (batch / max(half_life, 1e-8))
-
-
-class EmaPairs:
-    """G_ema's parameters and buffers beside G's, listed once (the Parameter objects stay the same when their
-    data is moved or converted): G_ema moves every step, and walking both module trees each time costs ~1 %
-    of a small model's step."""
-
-    def __init__(self, G_ema: torch.nn.Module, G: torch.nn.Module):
-        self.params = list(G_ema.parameters()), list(G.parameters())
-        self.buffers = list(G_ema.buffers()), list(G.buffers())
-
-    @torch.no_grad()
-    def update(self, beta: float) -> None:
-        """G_ema <- G + beta (G_ema - G), parameter by parameter; buffers copied."""
-        if self.params[0]:
-            torch._foreach_lerp_(*self.params, 1 - beta)
-        for b_ema, b in zip(*self.buffers):
-            b_ema.copy_(b)
-
-
-def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
-    EmaPairs(G_ema, G).update(beta)
 
 
 def train_worker(cfg: Config, hooks: Hooks | None = None) -> dict[str, Any]:
@@ -293,7 +264,7 @@ class Training:
         self.step += 1
         for sched in self.schedulers:
             sched.step()
-        if self.G_ema is not None:
+        if self.ema is not None:
             beta = values.ema_beta(self.t.batch_size) if values is not None else None
             self.ema.update(beta if beta is not None else
                             ema_beta(self.cfg, self.t.batch_size, self.step * self.t.batch_size))

@@ -1,5 +1,5 @@
-"""Speed choices of the CPU path that must change no number: the non-finite guard's fused check, G_ema and D's
-freeze/thaw on parameter lists made once, and glibc's malloc keeping freed memory for the next step
+"""Speed choices of the CPU path that must change no number: the non-finite guard's fused check, G_ema on
+parameter lists made once, and glibc's malloc keeping freed memory for the next step
 (docs/benchmarks.md, "Through launch/run.py")."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from distgan.ema import EmaPairs
 from distgan.nonfinite import _grads_finite
-from distgan.train import EmaPairs
 
 
 def _opt_with_grads(*dtypes):

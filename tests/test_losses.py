@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distgan.config import Config, LossConfig, ModelConfig, TrainConfig
+from distgan.ema import EmaPairs, ema_beta
 from distgan.errors import UserError
 from distgan.launcher.preflight import check_config
 from distgan.losses import build_loss
@@ -17,7 +18,6 @@ from distgan.optim import build_optimizers
 from distgan.regularizers import input_gradient_sq
 from distgan.samples import class_rows
 from distgan.step import GANStep, StepContext, Trainable
-from distgan.train import ema_beta, ema_update
 
 REAL = [2.0, -1.0, 0.3]
 FAKE = [0.5, -3.0, 1.2]
@@ -217,7 +217,7 @@ def test_ema_update_follows_its_formula():
     G, G_ema = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     G(torch.randn(8, 3))  # move G's running stats
     before = [p.detach().clone() for p in G_ema.parameters()]
-    ema_update(G_ema, G, beta=0.9)
+    EmaPairs(G_ema, G).update(0.9)
     for old, p, p_ema in zip(before, G.parameters(), G_ema.parameters()):
         torch.testing.assert_close(p_ema, 0.9 * old + 0.1 * p.detach())
     torch.testing.assert_close(G_ema[1].running_mean, G[1].running_mean)  # buffers are copied
